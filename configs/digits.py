@@ -1,0 +1,28 @@
+"""Embedded default: scikit-learn digits (8x8x1, 10 classes), a small AllCNN, CPU-sized budgets.
+
+python -m launch.experiment --config=configs/digits.py --workdir=W
+Variants: configs/digits.py:subclass is not available (digits has no super-classes);
+configs/digits.py:random forgets 100 random training samples.
+"""
+
+from jax_unlearn.config import base_config
+
+
+def get_config(arg: str = "class"):
+  c = base_config()
+  c.dataset.name = "digits"
+  c.model.name = "allcnn"
+  c.model.width = 0.25            # 24/48 channels instead of 96/192
+  c.batch_size = 64
+  c.train.update(epochs=30, lr=0.05, milestones=(20,), gamma=0.1, weight_decay=1e-4)
+  c.forget.mode = "random" if arg == "random" else "class"
+  c.forget.classes = (3,)
+  c.forget.num_samples = 100
+  _digits_methods(c)
+  return c
+
+
+def _digits_methods(c):
+  if "ispf" in c:
+    c.ispf.update(epochs=30, warmup=2, loops_per_epoch=5, kd_steps=10, batch_size=128, lr=0.05,
+                  tau=0.01)

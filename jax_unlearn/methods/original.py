@@ -1,0 +1,8 @@
+"""The original model itself: the reference point of every table (no unlearning)."""
+
+from jax_unlearn.methods import base
+
+
+@base.register("original")
+def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
+  return base.UnlearnResult(variables=ctx.original)

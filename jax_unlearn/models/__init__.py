@@ -1,0 +1,60 @@
+"""Flax (linen) models, selected by name from `config.model`.
+
+Classifiers share one call signature: `apply(variables, x, train=False, mask=None, features=False)`
+returning logits (or `(logits, features)`), where `mask` ([N] bool) restricts BatchNorm batch
+statistics to kept rows. Every BN input's statistics are exposed through the `bn_stats` collection
+(see `layers.BatchNorm`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jax_unlearn.errors import ConfigError
+from jax_unlearn.models.allcnn import AllCNN
+from jax_unlearn.models.generators import DFQGenerator, ZSKTGenerator, sample_z
+from jax_unlearn.models.layers import BN_STATS, BatchNorm, bn_input_stats, masked_moments
+from jax_unlearn.models.resnet import ResNet18
+from jax_unlearn.models.vit import ViT
+
+CLASSIFIERS = {"allcnn": AllCNN, "resnet18": ResNet18, "vit": ViT}
+GENERATORS = {"dfq": DFQGenerator, "zskt": ZSKTGenerator}
+
+__all__ = ["AllCNN", "ResNet18", "ViT", "DFQGenerator", "ZSKTGenerator", "BatchNorm", "BN_STATS",
+           "bn_input_stats", "masked_moments", "sample_z", "create_classifier", "create_generator",
+           "init_variables", "CLASSIFIERS", "GENERATORS"]
+
+
+def create_classifier(model_cfg: Any, num_classes: int):
+  """Builds the classifier named `model_cfg.name` ('allcnn' | 'resnet18' | 'vit')."""
+  name = model_cfg.name
+  if name not in CLASSIFIERS:
+    raise ConfigError(f"unknown model {name!r}; set --config.model.name to one of: "
+                      f"{', '.join(sorted(CLASSIFIERS))}")
+  if name == "vit":
+    return ViT(num_classes=num_classes, patch=model_cfg.get("patch", 4), dim=model_cfg.get("dim", 192),
+               depth=model_cfg.get("depth", 6), heads=model_cfg.get("heads", 3),
+               mlp_dim=model_cfg.get("mlp_dim", 384))
+  return CLASSIFIERS[name](num_classes=num_classes, width=model_cfg.get("width", 1.0))
+
+
+def create_generator(name: str, img_size: int, channels: int, nz: int | None = None,
+                     ngf: int = 64):
+  if name not in GENERATORS:
+    raise ConfigError(f"unknown generator {name!r}; use one of: {', '.join(sorted(GENERATORS))}")
+  cls = GENERATORS[name]
+  nz = nz if nz else (256 if name == "dfq" else 128)
+  return cls(nz=nz, ngf=ngf, img_size=img_size, channels=channels)
+
+
+def init_variables(model, key, input_shape, **kw) -> dict:
+  """`model.init` on zeros of `input_shape` (with batch axis); returns only params/batch_stats."""
+  variables = model.init(key, jnp.zeros(input_shape, jnp.float32), **kw)
+  return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+
+def num_params(variables) -> int:
+  return sum(x.size for x in jax.tree.leaves(variables.get("params", variables)))

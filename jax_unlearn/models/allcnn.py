@@ -1,0 +1,36 @@
+"""AllCNN (Springenberg et al.) as used by ISPF and SSD (SPEC §1.7), with BatchNorm."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jax_unlearn.models.layers import BatchNorm, torch_default_init
+
+
+class AllCNN(nn.Module):
+  """AllCNN with BN: conv (no bias) -> BN -> ReLU blocks, global average pool, linear head.
+
+  Attributes:
+    num_classes: K.
+    width: the reference's `filters_percentage`; channel counts are round(96*width), round(192*width).
+  Call: `model.apply(variables, x, train=False, mask=None, features=False)` returns logits `[N, K]`,
+  or `(logits, pooled_features)` when `features=True`. `mask` ([N] bool) restricts BN batch
+  statistics to kept rows (train mode only).
+  """
+  num_classes: int = 10
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, mask=None, features: bool = False):
+    c1, c2 = max(1, round(96 * self.width)), max(1, round(192 * self.width))
+    spec = [(c1, 3, 1), (c1, 3, 1), (c2, 3, 2), (c2, 3, 1), (c2, 3, 1), (c2, 3, 2), (c2, 3, 1),
+            (c2, 1, 1)]
+    for ch, k, s in spec:
+      x = nn.Conv(ch, (k, k), strides=(s, s), padding=[((k - 1) // 2,) * 2] * 2, use_bias=False,
+                  kernel_init=torch_default_init)(x)
+      x = BatchNorm(use_running_average=not train)(x, mask=mask)
+      x = nn.relu(x)
+    feat = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, kernel_init=torch_default_init)(feat)
+    return (logits, feat) if features else logits

@@ -1,0 +1,44 @@
+"""CIFAR ResNet18 (DAFL/ISPF variant, SPEC §1.7): 3x3 stem, no max-pool, 4 stages of BasicBlocks."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jax_unlearn.models.layers import BatchNorm, torch_default_init
+
+
+def _conv(ch, k, s):
+  return nn.Conv(ch, (k, k), strides=(s, s), padding=[((k - 1) // 2,) * 2] * 2, use_bias=False,
+                 kernel_init=torch_default_init)
+
+
+class BasicBlock(nn.Module):
+  channels: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool, mask=None):
+    bn = lambda: BatchNorm(use_running_average=not train)  # noqa: E731
+    y = nn.relu(bn()(_conv(self.channels, 3, self.stride)(x), mask=mask))
+    y = bn()(_conv(self.channels, 3, 1)(y), mask=mask)
+    if self.stride != 1 or x.shape[-1] != self.channels:
+      x = bn()(_conv(self.channels, 1, self.stride)(x), mask=mask)
+    return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+  """CIFAR ResNet18. Same call signature as `AllCNN`; 20 BN layers; features are 512-d."""
+  num_classes: int = 10
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, mask=None, features: bool = False):
+    base = max(1, round(64 * self.width))
+    x = nn.relu(BatchNorm(use_running_average=not train)(_conv(base, 3, 1)(x), mask=mask))
+    for i, stride in enumerate((1, 2, 2, 2)):
+      for j in range(2):
+        x = BasicBlock(base * 2 ** i, stride if j == 0 else 1)(x, train, mask)
+    feat = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, kernel_init=torch_default_init)(feat)
+    return (logits, feat) if features else logits

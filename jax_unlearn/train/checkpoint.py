@@ -1,0 +1,89 @@
+"""Checkpoints with orbax-checkpoint.
+
+* `Checkpointer`: a thin wrapper over `ocp.CheckpointManager` for resumable training state (any pytree,
+  restored against an abstract target so optax NamedTuple states come back as NamedTuples).
+* `save_variables` / `load_variables`: a finished model's variables plus a JSON `meta` (dataset, model,
+  num_classes, image shape) that is checked on load, so a checkpoint from another model or dataset is
+  reported as such instead of failing deep inside JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jax_unlearn.errors import CheckpointError
+from jax_unlearn.io import atomic_write_json
+
+
+class Checkpointer:
+  """Keeps the latest `max_to_keep` steps of a training-state pytree in `directory`."""
+
+  def __init__(self, directory: str, max_to_keep: int = 1):
+    self.directory = os.path.abspath(directory)  # orbax requires absolute paths
+    self._mgr = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._mgr.latest_step()
+
+  def save(self, step: int, state: Any) -> None:
+    self._mgr.save(step, args=ocp.args.StandardSave(state))
+    self._mgr.wait_until_finished()
+
+  def restore(self, target: Any, step: int | None = None) -> Any:
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+      return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises many types for truncated/corrupted files
+      raise CheckpointError(
+          f"checkpoint {self.directory}/{step} could not be restored ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200]}); it is corrupted or from another config: delete that "
+          f"directory to start this phase again") from e
+
+  def close(self):
+    self._mgr.close()
+
+
+def save_variables(directory: str, variables: Any, meta: dict) -> None:
+  """Writes `variables` to `directory/variables` and `meta` to `directory/meta.json` (atomically)."""
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, "variables")
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(path, variables, force=True)
+  ckptr.wait_until_finished()
+  atomic_write_json(os.path.join(directory, "meta.json"), meta)
+
+
+def has_variables(directory: str) -> bool:
+  return os.path.exists(os.path.join(directory, "meta.json"))
+
+
+def load_variables(directory: str, target: Any, expect_meta: dict | None = None) -> Any:
+  """Restores variables saved by `save_variables`, checking `meta` against `expect_meta`."""
+  directory = os.path.abspath(directory)
+  meta_path = os.path.join(directory, "meta.json")
+  if not os.path.exists(meta_path):
+    raise CheckpointError(f"no checkpoint in {directory}; run the phase that writes it first "
+                          "(e.g. python -m launch.train --config=... --workdir=...)")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  for k, v in (expect_meta or {}).items():
+    if k in meta and json.dumps(meta[k]) != json.dumps(v):
+      raise CheckpointError(
+          f"checkpoint {directory} was made for {k}={meta[k]!r} but the config asks for {v!r}; use "
+          "another --workdir or delete that directory")
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  try:
+    return ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"), abstract)
+  except Exception as e:
+    raise CheckpointError(
+        f"checkpoint {directory} could not be restored ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200]}); it is corrupted or from another model: delete it to "
+        "recompute") from e

@@ -1,0 +1,53 @@
+"""Batched, jitted inference and accuracy (never batch size 1)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_unlearn.data.normalize import normalize
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "features"))
+def _logits(apply_fn, variables, images, mean, std, features=False):
+  return apply_fn(variables, normalize(images, mean, std), train=False, features=features)
+
+
+def predict_logits(model, variables, images, info, batch_size: int = 512, features: bool = False):
+  """Logits (numpy, float32 [N, K]) of `model` in eval mode on raw [0,1] `images`.
+
+  The last partial batch is zero-padded to `batch_size` so one compiled program serves every call.
+  With `features=True` returns `(logits, features)`.
+  """
+  images = np.asarray(images, np.float32)
+  n = len(images)
+  mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
+  outs, feats = [], []
+  for i in range(0, max(n, 1), batch_size):
+    chunk = images[i:i + batch_size]
+    if len(chunk) == 0:
+      break
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
+    out = _logits(model.apply, variables, chunk, mean, std, features)
+    if features:
+      outs.append(np.asarray(out[0])[:batch_size - pad]); feats.append(np.asarray(out[1])[:batch_size - pad])
+    else:
+      outs.append(np.asarray(out)[:batch_size - pad])
+  k = getattr(model, "num_classes", None)
+  logits = np.concatenate(outs) if outs else np.zeros((0, k or 0), np.float32)
+  if features:
+    return logits, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32))
+  return logits
+
+
+def accuracy(model, variables, split, info, batch_size: int = 512) -> float:
+  """Top-1 accuracy in percent on a `Split`; NaN for an empty split."""
+  if len(split.labels) == 0:
+    return float("nan")
+  logits = predict_logits(model, variables, split.images, info, batch_size)
+  return float(100.0 * np.mean(logits.argmax(-1) == np.asarray(split.labels)))

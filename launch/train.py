@@ -1,0 +1,25 @@
+"""Trains the original model: python -m launch.train --config=configs/digits.py --workdir=W"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics.json).")
+
+
+def main(argv):
+  del argv
+  from jax_unlearn import api, cli
+  from jax_unlearn.io import atomic_write_json
+
+  def go():
+    import os
+    _, _, m = api.train_original(cli.config_value(_CONFIG), _WORKDIR.value, cli.progress_logger())
+    atomic_write_json(os.path.join(_WORKDIR.value, "metrics.json"), m)
+    print(f"acc_test {m['acc_test']:.2f}%  (metrics in {_WORKDIR.value}/metrics.json)")
+  cli.run_main(go)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

@@ -1,0 +1,19 @@
+"""Runs one unlearning method:
+python -m launch.unlearn --config=configs/digits.py --config.method=ispf --workdir=W"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics.json).")
+
+
+def main(argv):
+  del argv
+  from jax_unlearn import api, cli
+  cli.run_main(lambda: api.unlearn(cli.config_value(_CONFIG), _WORKDIR.value, cli.progress_logger()))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  app.run(main)
