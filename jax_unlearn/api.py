@@ -1,8 +1,8 @@
 """Library entry points behind the launchers (and what tests and other code call directly).
 
 Workdir layout:
-  W/original/{ckpt/, final/, metrics.json}     the original model (trained once, reused)
-  W/runs/<forget-tag>_seed<s>/<method>/         one method's run: metrics.json, diagnostics, plots
+  W/original/seed<s>/{ckpt/, final/, metrics.json}   the original model (trained once, reused)
+  W/runs/<forget-tag>_seed<s>/<method>/        one method's run: metrics.json, diagnostics, plots
   W/metrics.json                                the last launch's metrics (written atomically)
 """
 
@@ -59,6 +59,10 @@ def run_dir(config, workdir: str, method: str) -> str:
   return os.path.join(os.path.abspath(workdir), "runs", f"{forget_tag(config)}_seed{config.seed}", method)
 
 
+def original_dir(config, workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "original", f"seed{int(config.seed)}")
+
+
 def load_setup(config, workdir: str | None = None, methods: tuple[str, ...] = ()) -> Setup:
   """Validates `config`, loads the dataset, builds the forget/retain views and the classifier."""
   config_lib.validate(config, workdir, methods)
@@ -103,7 +107,7 @@ def fit_or_load(config, model, info, directory: str, train: data_lib.Split, val:
 def train_original(config, workdir: str, log: Callable[[str], None] = print, setup: Setup | None = None):
   """Trains (or loads) the original model on the full training split. Returns (setup, variables, metrics)."""
   setup = setup or load_setup(config, workdir)
-  d = os.path.join(os.path.abspath(workdir), "original")
+  d = original_dir(config, workdir)
   t0 = time.time()
   variables, hist = fit_or_load(config, setup.model, setup.info, d, setup.dataset.train,
                                 setup.dataset.val, phase_key(config, "original"), "original", log)

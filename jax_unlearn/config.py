@@ -38,6 +38,7 @@ def method_default_configs() -> dict:
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.seeds = ()                    # experiment: run every seed listed (empty = just `seed`)
   c.method = "ispf"
   c.methods = ALL_METHODS
   c.batch_size = 64               # supervised training batch (original, retrain, shadow models)

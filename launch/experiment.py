@@ -1,0 +1,21 @@
+"""The main job: every method, every metric, the comparison table.
+
+python -m launch.experiment --config=configs/digits.py --workdir=W
+(--config.methods=original,retrain,ispf to choose methods; --config.seeds=0,1,2 for mean ± std)"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (models, results.*).")
+
+
+def main(argv):
+  del argv
+  from jax_unlearn import cli, experiment
+  cli.run_main(lambda: experiment.run(cli.config_value(_CONFIG), _WORKDIR.value, cli.progress_logger()))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

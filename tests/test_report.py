@@ -1,0 +1,25 @@
+import json
+
+from jax_unlearn.report import table
+
+
+def _row(method, seed, acc_f, acc_r):
+  return {"method": method, "forget_classes": [3], "seed": seed, "acc_forget": acc_f,
+          "acc_retain": acc_r, "mia_i": 100.0, "mia_ii": 30.0, "mia_entropy": float("nan"),
+          "ain": 1.0, "kl_to_retrain": 0.0, "wall_s": 1.5, "extra": "dropped"}
+
+
+def test_results_schema_and_table(tmp_path):
+  rows = [_row("retrain", 0, 0.0, 99.0), _row("ispf", 0, 1.0, 95.0), _row("ispf", 1, 3.0, 97.0)]
+  table.write_results(str(tmp_path), {"seed": 0}, rows, title="digits")
+  res = json.loads((tmp_path / "results.json").read_text())
+  assert set(res) == {"config", "rows"}
+  assert [r["method"] for r in res["rows"]] == ["retrain", "ispf", "ispf"]
+  for r in res["rows"]:
+    assert tuple(r) == table.ROW_KEYS          # exactly the documented keys, in order
+  assert res["rows"][0]["mia_entropy"] is None  # NaN is written as null, never as invalid JSON
+  md = (tmp_path / "results.md").read_text()
+  assert "| ispf | 3 | 2 | 2.00 ± 1.00 | 96.00 ± 1.00 |" in md  # mean ± std over seeds
+  assert "| retrain | 3 | 1 | 0.00 | 99.00 |" in md
+  assert (tmp_path / "results.csv").read_text().splitlines()[0].split(",") == list(table.ROW_KEYS)
+  assert (tmp_path / "results.png").stat().st_size > 1000
