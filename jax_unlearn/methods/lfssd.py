@@ -1,0 +1,84 @@
+"""Loss-Free Selective Synaptic Dampening (LFSSD; Foster, Schoepf & Brintrup, ICLR'24 Tiny Paper), SPEC §4.
+
+LFSSD is SSD (`ssd.py`) with a label-free importance: the Fisher diagonal is replaced by the sensitivity of
+the squared L2 norm of the model output (MAS-style), so neither D nor D_f needs labels:
+
+  'reference' (the SSD README snippet, SPEC §4.1):
+      I = (1/n_B) sum_B | grad_theta (1/|B|) sum_{i in B} ||f(x_i)||_2^2 |,   f = logits, eval mode.
+  'per_sample':
+      I = (1/N) sum_i | grad_theta ||f(x_i)||_2^2 |.
+
+Dampening is SSD's (`ssd.dampen`, SPEC §4.2). Because I_D needs no labels and does not depend on the
+forget request, it is computed once and cached next to the original model (`cache_full_importance`).
+No function here ever looks up a 'label' entry of a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import jax.numpy as jnp
+import ml_collections
+
+from jax_unlearn.methods import base, ssd
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.lfssd` defaults. Fields as in `ssd.default_config` (see there).
+
+  alpha: the LFSSD paper's values as recovered in SPEC §4.3 are 10 (CIFAR-100 full class, sub-class),
+  5 (CIFAR-20 full class) and 3.5 (random forgetting); lam = 1 throughout. The digits config picks alpha
+  on the validation split with `ssd.select_alpha(ctx, alphas, 'lfssd')`.
+  """
+  c = ssd.default_config()
+  c.alpha = 10.0
+  c.lam = 1.0
+  # LFSSD's I_D is label-free and request-independent: precompute it once beside the original model.
+  c.cache_full_importance = True
+  return c
+
+
+def output_norm_sq(logits, labels=None):
+  """Per-example ||f(x)||_2^2 of the logits; `labels` is ignored (LFSSD is label-free)."""
+  del labels
+  return jnp.sum(jnp.square(logits.astype(jnp.float32)), axis=-1)
+
+
+def lfssd_importance(apply_fn: Callable, variables, batches: Iterable[dict], mode: str = "reference", *,
+                     preprocess: Callable | None = None, per_sample_chunk: int = 16):
+  """LFSSD importance of every entry of `variables['params']` (BN scale/bias included), SPEC §4.1.
+
+  Args:
+    apply_fn: `model.apply`, run as `apply_fn(variables, preprocess(x), train=False)` (running BN stats).
+    variables: `{'params': ..., 'batch_stats': ...}`.
+    batches: iterable of dicts with 'image' [B, H, W, C]; any 'label' entry is never read. A last partial
+      batch is padded and masked, so its batch-mean is exact.
+    mode: 'reference' (abs of the batch-mean gradient, averaged over batches) or 'per_sample' (mean over
+      examples of the abs per-example gradient; independent of batch size and order).
+    preprocess: on-device, hashable map applied to the images (None: images are already normalised;
+      `ssd.Normalize(mean, std)` for raw [0,1] images).
+    per_sample_chunk: examples per vmapped chunk in 'per_sample' mode (memory only).
+  Returns:
+    float32 pytree shaped like `variables['params']`.
+  """
+  return ssd.accumulate_importance(apply_fn, variables, batches, loss_fn=output_norm_sq, reduce="abs",
+                                   uses_labels=False, mode=mode, preprocess=preprocess,
+                                   per_sample_chunk=per_sample_chunk)
+
+
+ssd.IMPORTANCES["lfssd"] = (lfssd_importance, False)
+
+
+@base.register("lfssd")
+def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
+  """LFSSD on `ctx`: label-free importances on D (cached) and D_f, then `ssd.dampen` (`ctx.config.lfssd`).
+
+  info: importance_full_s, importance_forget_s, importance_s, dampen_s, total_s, full_importance_cached,
+  n_selected, frac_selected, n_selected_norm, alpha, lam, mode, batch sizes.
+  """
+  return ssd.run_dampening(ctx, "lfssd", lfssd_importance, uses_labels=False)
+
+
+dampen = ssd.dampen  # re-exported: LFSSD's dampening is SSD's (SPEC §4.2)
+
+__all__ = ["default_config", "output_norm_sq", "lfssd_importance", "dampen", "run"]
