@@ -97,6 +97,10 @@ def validate(config, workdir: str | None = None, methods: tuple[str, ...] = ()) 
            f"unknown method {m!r}; use one of: {', '.join(ALL_METHODS)}")
     _check(m in known, f"method {m!r} is not implemented in this version yet; remove it from "
            f"--config.methods (implemented: {', '.join(sorted(known))})")
+  if "unsir" in methods and config.forget.mode == "random":
+    raise ConfigError("unsir needs whole forget classes (it learns one noise tensor per class); remove "
+                      "unsir from --config.methods for random forgetting (finetune, bad_teacher, "
+                      "amnesiac and retrain work)")
   for key in ("ispf", "lfssd", "ssd", "distruction", "finetune", "bad_teacher", "amnesiac", "unsir"):
     sub = config.get(key)
     if sub is None:
