@@ -1,0 +1,60 @@
+"""Forget / retain accuracy on the test split (SPEC §1.8 "Test metrics", ISPF `test_all_in_one`).
+
+Protocol:
+* `acc_forget` = top-1 accuracy (percent) on the test images of the forget classes (the test split's
+  forget view, `data.forget_test`); `acc_retain` = accuracy on the rest of the test split
+  (`data.retain_test`).
+* Random-sample forgetting has no forget *test* images (the forgotten samples are training samples),
+  so `acc_forget` is then measured on the forgotten training samples `data.forget_train`, as the SSD
+  repository does (`forget_valid_dl = forget_train_dl`, SPEC §4.4).
+Inference is batched and jitted (`train.evaluate.predict_logits`, eval-mode BatchNorm).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jax_unlearn.train.evaluate import predict_logits
+
+
+def masked_accuracy(logits, labels, mask=None) -> float:
+  """Top-1 accuracy in percent over rows where `mask` is True (all rows if None); NaN if none."""
+  logits, labels = np.asarray(logits), np.asarray(labels)
+  correct = logits.argmax(-1) == labels
+  if mask is not None:
+    correct = correct[np.asarray(mask, bool)]
+  return float(100.0 * correct.mean()) if correct.size else float("nan")
+
+
+def forget_eval_split(data):
+  """The images `acc_forget` (and `kl_to_retrain`) are measured on: forget_test, or forget_train when
+  the test split has no forget images (random-sample forgetting)."""
+  return data.forget_test if np.any(data.forget_test_mask) else data.forget_train
+
+
+def accuracy_from_logits(test_logits, test_labels, forget_test_mask, forget_train_logits=None,
+                         forget_train_labels=None) -> dict:
+  """The metric from precomputed logits (the `MetricSuite` shares one forward pass between metrics)."""
+  forget_test_mask = np.asarray(forget_test_mask, bool)
+  if forget_test_mask.any() or forget_train_logits is None:
+    acc_forget = masked_accuracy(test_logits, test_labels, forget_test_mask)
+  else:
+    acc_forget = masked_accuracy(forget_train_logits, forget_train_labels)
+  return {"acc_forget": acc_forget,
+          "acc_retain": masked_accuracy(test_logits, test_labels, ~forget_test_mask)}
+
+
+def forget_retain_accuracy(model, variables, data, batch_size: int = 512) -> dict:
+  """{'acc_forget', 'acc_retain'} in percent for `model` with `variables` on `data` (an UnlearnData).
+
+  One batched forward pass over the test split; in random-sample forgetting a second one over the
+  forgotten training samples.
+  """
+  test_logits = predict_logits(model, variables, data.test.images, data.info, batch_size)
+  ft_logits = ft_labels = None
+  if not np.any(data.forget_test_mask):
+    ft = data.forget_train
+    ft_logits = predict_logits(model, variables, ft.images, data.info, batch_size)
+    ft_labels = ft.labels
+  return accuracy_from_logits(test_logits, data.test.labels, data.forget_test_mask, ft_logits,
+                              ft_labels)

@@ -1,0 +1,206 @@
+"""AIN, the Anamnesis Index (GKT, Chundawat et al. 2023; SPEC §1.10 and §6, decision 8).
+
+AIN = r(unlearned) / r(retrain), where r(model) counts the optimiser steps that relearning needs to bring
+the model's forget-class accuracy back to (1 - alpha) x the *original* model's forget-class accuracy
+(alpha = 0.05). 1 is ideal; << 1 means forget information survived (it comes back quickly); > 1 means
+the model is harder to re-teach than Retrain.
+
+Protocol (`ayushkumartarun/zero-shot-unlearning: metrics.py: ain / relearn_time`, bugs fixed):
+* optimiser Adam (lr 1e-3, no weight decay), batch 256, at most 10 epochs, BatchNorm in training mode
+  (batch statistics, running averages updated) during the steps; accuracy evaluated after *every* step
+  on the forget-class **validation** view (`data.forget_val`) with eval-mode BatchNorm. The reference
+  evaluates a global `valid_dl` instead of its `valid_loader` argument and trains on the global
+  `train_ds`; both are fixed here.
+* relearning data ("training data that contains the forget class"): all forget-class training images
+  plus an equal number (`retain_ratio` x as many) of retain training images drawn at random with a fixed
+  seed. Why this subset: forget images alone would make every model "relearn" by predicting the forget
+  class for everything, so the count would not reflect latent forget information; the full training set
+  (the reference's accidental choice) dilutes the forget class to 1/K of each batch and costs a full
+  pass. A 1:1 mix keeps relearning a genuine K-way classification task at half the batch on the forget
+  class, identical for every evaluated model.
+* every evaluated model sees the *same* batch sequence (seeded per-epoch shuffles), so the ratio
+  compares models, not shuffles. Batches are not dropped: a short last batch is padded to a fixed shape
+  and masked out of the loss and of BatchNorm statistics (PyTorch's `drop_last=False`).
+* deviations from the reference: the accuracy is checked *before* the first step, so a model already
+  at the target needs 0 steps (the reference always takes at least one); the count is capped at
+  `max_epochs x ceil(N / batch)` steps, and a capped count is reported as the cap (a lower bound on r).
+* random-sample forgetting has no forget validation images; the forgotten training samples are then
+  the evaluation set (SSD's `forget_valid_dl = forget_train_dl`).
+The whole relearning run (step + batched evaluation) is one jitted `lax.while_loop`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jax_unlearn.data.normalize import normalize
+from jax_unlearn.errors import DataError
+
+STREAM_RELEARN_SET = 21
+STREAM_RELEARN_ORDER = 22
+
+
+class RelearnResult(NamedTuple):
+  steps: int          # optimiser steps until forget accuracy >= target (or the cap)
+  reached: bool       # False: capped, `steps` is a lower bound
+  initial_acc: float  # forget accuracy (percent) before relearning
+  final_acc: float    # forget accuracy (percent) when relearning stopped
+  max_steps: int
+
+
+def _arrays(split):
+  if isinstance(split, tuple):
+    return np.asarray(split[0], np.float32), np.asarray(split[1], np.int32)
+  return np.asarray(split.images, np.float32), np.asarray(split.labels, np.int32)
+
+
+def ain_eval_split(data):
+  """Forget validation view; the forgotten training samples when it is empty (random forgetting)."""
+  return data.forget_val if np.any(data.forget_val_mask) else data.forget_train
+
+
+def relearn_set_index(data, retain_ratio: float = 1.0, seed: int = 0) -> np.ndarray:
+  """Indices into `data.train`: every forget training image + round(retain_ratio x |forget|) random
+  retain training images (seeded), sorted."""
+  mask = np.asarray(data.forget_train_mask, bool)
+  forget, retain = np.flatnonzero(mask), np.flatnonzero(~mask)
+  if len(forget) == 0:
+    raise DataError("AIN needs forget-class training images to relearn from, but the forget set is "
+                    "empty; check config.forget")
+  k = min(len(retain), int(round(retain_ratio * len(forget))))
+  pick = np.random.default_rng([seed, STREAM_RELEARN_SET]).permutation(len(retain))[:k]
+  return np.sort(np.concatenate([forget, retain[pick]]))
+
+
+def relearn_schedule(n: int, batch_size: int, max_epochs: int, seed: int = 0):
+  """Batch indices `[T, B]` (int32) and validity mask `[T, B]` for `max_epochs` seeded shuffles of
+  range(n), B = min(batch_size, n), T = max_epochs * ceil(n / B); the last batch of an epoch is padded."""
+  b = min(int(batch_size), n)
+  spe = math.ceil(n / b)
+  idx = np.zeros((max_epochs, spe * b), np.int32)
+  mask = np.zeros((max_epochs, spe * b), bool)
+  for e in range(max_epochs):
+    idx[e, :n] = np.random.default_rng([seed, STREAM_RELEARN_ORDER, e]).permutation(n)
+    mask[e, :n] = True
+  return idx.reshape(-1, b), mask.reshape(-1, b)
+
+
+def pad_to_batches(images, labels, batch_size: int):
+  """[N, ...] -> ([nb, b, ...], [nb, b], mask [nb, b]) with b = min(batch_size, N), zero padding."""
+  n = len(images)
+  b = max(1, min(int(batch_size), n))
+  nb = max(1, math.ceil(n / b))
+  pad = nb * b - n
+  x = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+  y = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+  m = np.arange(nb * b) < n
+  return x.reshape((nb, b) + images.shape[1:]), y.reshape(nb, b), m.reshape(nb, b)
+
+
+def _vars(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def relearn_loop(apply_fn, variables, lr, images, labels, idx, bmask, eval_x, eval_y, eval_m, mean,
+                 std, target):
+  """Relearns with Adam until eval accuracy (percent) >= `target` or the schedule `idx` runs out.
+
+  Args: `images`/`labels` the relearning set (raw [0,1] images, on device), `idx`/`bmask` [T, B] the
+  batch schedule, `eval_x`/`eval_y`/`eval_m` the padded evaluation batches [nb, b, ...].
+  Returns (steps taken, final accuracy, initial accuracy); steps == 0 if the target is met at start.
+  """
+  tx = optax.adam(lr)
+  params, bstats = variables["params"], variables.get("batch_stats", {})
+
+  def eval_acc(params, bstats):
+    def one(correct, xs):
+      x, y, m = xs
+      logits = apply_fn(_vars(params, bstats), normalize(x, mean, std), train=False)
+      return correct + jnp.sum((jnp.argmax(logits, -1) == y) & m), None
+    correct, _ = lax.scan(one, jnp.zeros((), jnp.int32), (eval_x, eval_y, eval_m))
+    return 100.0 * correct / jnp.maximum(jnp.sum(eval_m), 1)
+
+  def loss_fn(params, bstats, x, y, m):
+    logits, upd = apply_fn(_vars(params, bstats), x, train=True, mask=m, mutable=["batch_stats"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    mf = m.astype(ce.dtype)
+    return jnp.sum(ce * mf) / jnp.maximum(jnp.sum(mf), 1.0), upd.get("batch_stats", bstats)
+
+  def cond(carry):
+    t, _, _, _, acc = carry
+    return (t < idx.shape[0]) & (acc < target)
+
+  def body(carry):
+    t, params, bstats, opt_state, _ = carry
+    i, m = idx[t], bmask[t]
+    x = normalize(images[i], mean, std)
+    (_, bstats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, bstats, x, labels[i], m)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return t + 1, params, bstats, opt_state, eval_acc(params, bstats)
+
+  acc0 = eval_acc(params, bstats)
+  t, _, _, _, acc = lax.while_loop(
+      cond, body, (jnp.zeros((), jnp.int32), params, bstats, tx.init(params), acc0))
+  return t, acc, acc0
+
+
+def relearn(model, variables, relearn_split, eval_split, target_acc: float, *, info, lr: float = 1e-3,
+            batch_size: int = 256, max_epochs: int = 10, seed: int = 0,
+            eval_batch_size: int = 512) -> RelearnResult:
+  """Runs the relearning protocol (module docstring) on one model; see `relearn_steps`.
+
+  `relearn_split` / `eval_split` are `Split`s (or `(images, labels)` tuples) of raw [0,1] images;
+  `target_acc` is in percent; `info` gives the normalisation (`DataInfo.mean/std`).
+  """
+  images, labels = _arrays(relearn_split)
+  ex, ey = _arrays(eval_split)
+  if len(images) == 0 or len(ex) == 0:
+    raise DataError("relearning needs a non-empty relearning set and evaluation set; check "
+                    "config.forget (the forget class must have training and validation images)")
+  idx, bmask = relearn_schedule(len(images), batch_size, max_epochs, seed)
+  eval_x, eval_y, eval_m = pad_to_batches(ex, ey, eval_batch_size)
+  variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  steps, acc, acc0 = relearn_loop(
+      model.apply, variables, jnp.float32(lr), jnp.asarray(images), jnp.asarray(labels),
+      jnp.asarray(idx), jnp.asarray(bmask), jnp.asarray(eval_x), jnp.asarray(eval_y),
+      jnp.asarray(eval_m), jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32),
+      jnp.float32(target_acc))
+  acc = float(acc)
+  return RelearnResult(steps=int(steps), reached=bool(acc >= np.float32(target_acc)),
+                       initial_acc=float(acc0), final_acc=acc, max_steps=int(idx.shape[0]))
+
+
+def relearn_steps(model, variables, relearn_split, eval_split, target_acc: float, *, info,
+                  lr: float = 1e-3, batch_size: int = 256, max_epochs: int = 10, seed: int = 0,
+                  eval_batch_size: int = 512) -> int:
+  """r(model): Adam steps until forget-class accuracy on `eval_split` >= `target_acc` (percent).
+
+  0 if the target is already met; capped at `max_epochs * ceil(len(relearn_split) / batch_size)`.
+  """
+  return relearn(model, variables, relearn_split, eval_split, target_acc, info=info, lr=lr,
+                 batch_size=batch_size, max_epochs=max_epochs, seed=seed,
+                 eval_batch_size=eval_batch_size).steps
+
+
+def ain_target(original_forget_acc: float, alpha: float = 0.05) -> float:
+  """The relearning target: (1 - alpha) x the original model's forget accuracy (percent)."""
+  return (1.0 - alpha) * float(original_forget_acc)
+
+
+def anamnesis_index(r_unlearned, r_retrain) -> float:
+  """AIN = r_unlearned / r_retrain. Both 0 (both already at the target) gives 1; r_retrain = 0 with
+  r_unlearned > 0 has no finite ratio and gives NaN (Retrain already remembers: the target is too low)."""
+  r_unlearned, r_retrain = float(r_unlearned), float(r_retrain)
+  if r_retrain == 0:
+    return 1.0 if r_unlearned == 0 else float("nan")
+  return r_unlearned / r_retrain

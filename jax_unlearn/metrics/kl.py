@@ -1,0 +1,39 @@
+"""`kl_to_retrain`: KL(p_unlearned || p_retrain) on forget-class test images (ISPF App. G, SPEC §1.10).
+
+Protocol: both models in eval mode on the same raw images (the forget view of the test split; for
+random-sample forgetting, which has no forget test images, the forgotten training samples — see
+`accuracy.forget_eval_split`); per image KL(p || q) = sum_k p_k (log p_k - log q_k) with p, q the
+softmax outputs, computed from `log_softmax` of both logits so that saturated outputs stay finite;
+the metric is the mean over images (nats). 0 means the unlearned model answers exactly like Retrain.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_unlearn.train.evaluate import predict_logits
+
+
+@jax.jit
+def kl_divergence_from_logits(logits_p, logits_q):
+  """Per-row KL(softmax(logits_p) || softmax(logits_q)), [N, K] x [N, K] -> [N] (nats, >= 0)."""
+  logp = jax.nn.log_softmax(jnp.asarray(logits_p, jnp.float32), axis=-1)
+  logq = jax.nn.log_softmax(jnp.asarray(logits_q, jnp.float32), axis=-1)
+  # Rounding can give -1e-8 for identical rows; KL is non-negative by definition.
+  return jnp.maximum(jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1), 0.0)
+
+
+def mean_kl_from_logits(logits_p, logits_q) -> float:
+  """Mean over rows of KL(p || q); NaN for no rows."""
+  if len(logits_p) == 0:
+    return float("nan")
+  return float(np.mean(np.asarray(kl_divergence_from_logits(logits_p, logits_q), np.float64)))
+
+
+def kl_to_retrain(model, unlearned_vars, retrain_vars, images, info, batch_size: int = 512) -> float:
+  """Mean KL(p_unlearned || p_retrain) over `images` (raw [0,1], normally `data.forget_test.images`)."""
+  lp = predict_logits(model, unlearned_vars, images, info, batch_size)
+  lq = predict_logits(model, retrain_vars, images, info, batch_size)
+  return mean_kl_from_logits(lp, lq)

@@ -1,0 +1,69 @@
+"""`mia_entropy`: the SSD repository's entropy membership-inference attack (SPEC §4.4, decision 8).
+
+Protocol (`if-loops/selective-synaptic-dampening: src/metrics.py`, from bad-teaching):
+* feature = entropy of the softmax output, H(p) = -sum_k p_k log p_k (one scalar per image);
+* attack = `LogisticRegression(class_weight='balanced', solver='lbfgs')` fitted on
+  retain-train entropies (label 1, members) vs test-split entropies (label 0, non-members). The SSD
+  code uses the *whole* test loader (forget classes included) and the whole retain-train loader; we do
+  the same except that the retain side is a seeded random subsample capped at `max_samples`
+  (`class_weight='balanced'` makes the fit insensitive to the size ratio). SSD's `multi_class=
+  'multinomial'` is irrelevant for a binary problem (and is gone from recent scikit-learn);
+* result = percent of forget *training* samples predicted "member" (lower = more forgetting).
+Differences from the reference, on purpose: SSD re-batches every loader with batch size 1 and its
+retain-train loader applies training augmentation; we evaluate un-augmented images in eval mode,
+batched. Entropy is computed from `log_softmax`, so saturated outputs give 0, not NaN.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from jax_unlearn.errors import DataError
+from jax_unlearn.metrics.mia_i import retain_member_index
+from jax_unlearn.train.evaluate import predict_logits
+
+
+@jax.jit
+def softmax_entropy(logits):
+  """Entropy (nats) of softmax(logits) per row, [N, K] -> [N]; exact 0 for one-hot outputs."""
+  logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def mia_entropy_from_entropies(member_ent, nonmember_ent, target_ent) -> float:
+  """Percent of `target_ent` samples a balanced logistic regression calls members (label 1).
+
+  Fitted on `member_ent` (label 1) vs `nonmember_ent` (label 0); 1-D arrays of entropies. NaN when
+  the target is empty.
+  """
+  member_ent = np.asarray(member_ent, np.float64).reshape(-1, 1)
+  nonmember_ent = np.asarray(nonmember_ent, np.float64).reshape(-1, 1)
+  target_ent = np.asarray(target_ent, np.float64).reshape(-1, 1)
+  if len(target_ent) == 0:
+    return float("nan")
+  if len(member_ent) == 0 or len(nonmember_ent) == 0:
+    raise DataError("mia_entropy needs retain-train and test samples; check the forget config")
+  x = np.concatenate([member_ent, nonmember_ent])
+  y = np.concatenate([np.ones(len(member_ent)), np.zeros(len(nonmember_ent))])
+  clf = LogisticRegression(class_weight="balanced", solver="lbfgs").fit(x, y)
+  return float(100.0 * clf.predict(target_ent).mean())
+
+
+def mia_entropy_from_logits(member_logits, nonmember_logits, target_logits) -> float:
+  ent = lambda lg: np.asarray(softmax_entropy(lg))  # noqa: E731
+  return mia_entropy_from_entropies(ent(member_logits), ent(nonmember_logits), ent(target_logits))
+
+
+def mia_entropy(model, variables, data, *, max_samples: int = 10000, seed: int = 0,
+                batch_size: int = 512) -> float:
+  """`mia_entropy` (percent of forget training samples predicted member) of one model."""
+  member = retain_member_index(data, max_samples, seed)
+  target = np.flatnonzero(np.asarray(data.forget_train_mask, bool))
+  logits = functools.partial(predict_logits, model, variables, info=data.info, batch_size=batch_size)
+  return mia_entropy_from_logits(logits(data.train.images[member]), logits(data.test.images),
+                                 logits(data.train.images[target]))

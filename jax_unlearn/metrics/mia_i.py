@@ -1,0 +1,102 @@
+"""MIA-I: SalUn's confidence-based membership-inference attack (SPEC §1.10, project decision 8).
+
+Protocol (`OPTML-Group/Unlearn-Saliency: Classification/evaluation/SVC_MIA.py`, as copied into ISPF's
+`unlearning_utils/svc_mia.py`, which keeps only the confidence feature):
+* feature = softmax probability of the true label (the "confidence"), one scalar per image;
+* attack = `sklearn.svm.SVC(C=3, gamma='auto', kernel='rbf')` fitted on
+  members (label 1) = retain *training* images the evaluated model is asked about, vs
+  non-members (label 0) = the test split without the forget classes (`data.retain_test`; SalUn's
+  loaders drop the forgotten class from the test set);
+* SalUn takes the first |test| retain training samples as members, so both sides have equal size; we
+  take a seeded uniformly random subsample of the same size (a prefix of a split depends on its storage
+  order, which may be sorted by class). Both sides are capped at
+  `max_samples` (the RBF-SVC fit is quadratic in the sample count);
+* target = the forget *training* images (`data.forget_train`);
+* MIA-I = 100 * (1 - mean SVC prediction on the target) = percent of forget training samples
+  called non-members. Full-class forgetting saturates it at 100 whenever forget accuracy is ~0.
+The attack is refitted for every evaluated model (its features are that model's outputs), as SalUn does.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.svm import SVC
+
+from jax_unlearn.errors import DataError
+from jax_unlearn.train.evaluate import predict_logits
+
+# Independent seeded streams (np.random.default_rng([seed, stream])) for every subsample we draw.
+STREAM_MEMBERS = 11
+
+
+@jax.jit
+def true_label_confidence(logits, labels):
+  """softmax(logits)[i, labels[i]], computed through log_softmax for stability. [N, K] -> [N]."""
+  logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+  return jnp.exp(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], axis=-1)[:, 0])
+
+
+def sample_index(n: int, k: int, seed: int, stream: int) -> np.ndarray:
+  """A seeded random permutation of range(n), truncated to min(k, n) entries."""
+  return np.random.default_rng([seed, stream]).permutation(n)[:min(int(k), n)]
+
+
+def retain_member_index(data, max_samples: int, seed: int) -> np.ndarray:
+  """Indices into `data.train` of a seeded random subsample (<= max_samples) of the retain training
+  images, in random order, so that any prefix is itself a uniform subsample. Shared by MIA-I (which
+  takes a prefix of length |non-members|) and `mia_entropy`."""
+  retain = np.flatnonzero(~np.asarray(data.forget_train_mask, bool))
+  return retain[sample_index(len(retain), max_samples, seed, STREAM_MEMBERS)]
+
+
+def mia_i_from_confidences(member_conf, nonmember_conf, target_conf) -> float:
+  """Percent of `target_conf` samples an RBF-SVC (C=3, gamma='auto') calls non-members.
+
+  The SVC is fitted on `member_conf` (label 1) vs `nonmember_conf` (label 0); every argument is a
+  1-D array of true-label confidences. NaN when the target is empty.
+  """
+  member_conf = np.asarray(member_conf, np.float64).reshape(-1, 1)
+  nonmember_conf = np.asarray(nonmember_conf, np.float64).reshape(-1, 1)
+  target_conf = np.asarray(target_conf, np.float64).reshape(-1, 1)
+  if len(target_conf) == 0:
+    return float("nan")
+  if len(member_conf) == 0 or len(nonmember_conf) == 0:
+    raise DataError("MIA-I needs both member (retain-train) and non-member (retain-test) samples; "
+                    "check the forget config leaves retain data in the train and test splits")
+  x = np.concatenate([member_conf, nonmember_conf])
+  y = np.concatenate([np.ones(len(member_conf)), np.zeros(len(nonmember_conf))])
+  clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
+  return float(100.0 * (1.0 - clf.predict(target_conf).mean()))
+
+
+def mia_i_from_logits(member_logits, member_labels, nonmember_logits, nonmember_labels,
+                      target_logits, target_labels) -> float:
+  """MIA-I from the evaluated model's logits on the three pools (see the module docstring)."""
+  conf = lambda lg, lb: np.asarray(true_label_confidence(lg, lb))  # noqa: E731
+  return mia_i_from_confidences(conf(member_logits, member_labels),
+                                conf(nonmember_logits, nonmember_labels),
+                                conf(target_logits, target_labels))
+
+
+def mia_i_pools(data, max_samples: int, seed: int):
+  """(member indices into train, non-member indices into test, target indices into train)."""
+  nonmember = np.flatnonzero(~np.asarray(data.forget_test_mask, bool))
+  nonmember = nonmember[sample_index(len(nonmember), max_samples, seed, STREAM_MEMBERS + 1)]
+  member = retain_member_index(data, max_samples, seed)[:len(nonmember)]
+  target = np.flatnonzero(np.asarray(data.forget_train_mask, bool))
+  return member, np.sort(nonmember), target
+
+
+def mia_i(model, variables, data, *, max_samples: int = 10000, seed: int = 0,
+          batch_size: int = 512) -> float:
+  """MIA-I (percent of forget training samples predicted non-member) of `model` with `variables`."""
+  member, nonmember, target = mia_i_pools(data, max_samples, seed)
+  logits = functools.partial(predict_logits, model, variables, info=data.info, batch_size=batch_size)
+  tr, te = data.train, data.test
+  return mia_i_from_logits(logits(tr.images[member]), tr.labels[member],
+                           logits(te.images[nonmember]), te.labels[nonmember],
+                           logits(tr.images[target]), tr.labels[target])
