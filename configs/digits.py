@@ -33,6 +33,14 @@ def _digits_methods(c):
     c.amnesiac.epochs = 30
   if "finetune" in c:
     c.finetune.epochs = 30
+  if "metrics" in c:
+    # AIN: at batch 256 the ~220-image relearn set is one step per epoch and every model hits the
+    # cap; batch 32 x 40 epochs resolves relearn times (BUILD_NOTES). Shadows: XLA:CPU runs a vmapped
+    # conv as a slow grouped conv, so on CPU the S shadows train one after another (same results up
+    # to float rounding; the vmapped path is the default for accelerators and is tested).
+    c.metrics.ain_batch_size = 32
+    c.metrics.ain_max_epochs = 40
+    c.metrics.shadow_vmap = False
   if "lfssd" in c:
     c.lfssd.alpha = 6.0
   if "ssd" in c:

@@ -43,6 +43,7 @@ from jax import lax
 
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import DataError
+from jax_unlearn.models.conv import loop_safe_convs
 
 STREAM_RELEARN_SET = 21
 STREAM_RELEARN_ORDER = 22
@@ -170,11 +171,12 @@ def relearn(model, variables, relearn_split, eval_split, target_acc: float, *, i
   idx, bmask = relearn_schedule(len(images), batch_size, max_epochs, seed)
   eval_x, eval_y, eval_m = pad_to_batches(ex, ey, eval_batch_size)
   variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-  steps, acc, acc0 = relearn_loop(
-      model.apply, variables, jnp.float32(lr), jnp.asarray(images), jnp.asarray(labels),
-      jnp.asarray(idx), jnp.asarray(bmask), jnp.asarray(eval_x), jnp.asarray(eval_y),
-      jnp.asarray(eval_m), jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32),
-      jnp.float32(target_acc))
+  with loop_safe_convs():  # conv gradients inside while_loop: jax-ml/jax#12868
+    steps, acc, acc0 = relearn_loop(
+        model.apply, variables, jnp.float32(lr), jnp.asarray(images), jnp.asarray(labels),
+        jnp.asarray(idx), jnp.asarray(bmask), jnp.asarray(eval_x), jnp.asarray(eval_y),
+        jnp.asarray(eval_m), jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32),
+        jnp.float32(target_acc))
   acc = float(acc)
   return RelearnResult(steps=int(steps), reached=bool(acc >= np.float32(target_acc)),
                        initial_acc=float(acc0), final_acc=acc, max_steps=int(idx.shape[0]))

@@ -53,6 +53,7 @@ from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError, DataError
 from jax_unlearn.models import init_variables
 from jax_unlearn.train.evaluate import predict_logits
+from jax_unlearn.models.conv import loop_safe_convs
 
 STREAM_EVAL = 31
 STREAM_IN_OUT = 32
@@ -235,13 +236,14 @@ def train_shadow_models(model, data, key, *, num_shadow: int = 4, epochs: int = 
   args = (jnp.asarray(images), jnp.asarray(labels), jnp.asarray(data.info.mean, jnp.float32),
           jnp.asarray(data.info.std, jnp.float32))
   kw = dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay), augment=augment)
-  if vmapped:
-    state, losses = train_shadows_scan(model.apply, _stack(states), jnp.asarray(idx), step_keys, *args,
-                                       vmapped=True, **kw)
-  else:
-    outs = [train_shadows_scan(model.apply, states[s], jnp.asarray(idx[:, s]), step_keys[s], *args,
-                               vmapped=False, **kw) for s in range(num_shadow)]
-    state, losses = _stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs], axis=1)
+  with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
+    if vmapped:
+      state, losses = train_shadows_scan(model.apply, _stack(states), jnp.asarray(idx), step_keys, *args,
+                                         vmapped=True, **kw)
+    else:
+      outs = [train_shadows_scan(model.apply, states[s], jnp.asarray(idx[:, s]), step_keys[s], *args,
+                                 vmapped=False, **kw) for s in range(num_shadow)]
+      state, losses = _stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs], axis=1)
   params, bstats, _ = state
   spe = max(1, idx.shape[0] // max(epochs, 1))
   final_loss = float(jnp.mean(losses[-spe:])) if losses.shape[0] else float("nan")
