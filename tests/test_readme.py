@@ -1,0 +1,16 @@
+"""The README's use-from-JAX example runs as written."""
+import os
+import re
+
+import jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_readme_python_example_runs():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]
+  ns: dict = {}
+  exec(code, ns)  # noqa: S102
+  assert jax.tree.structure(ns["params"]) == jax.tree.structure(ns["variables"]["params"])
+  assert ns["z"].shape == (64, 10)
