@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import chex
@@ -20,45 +19,7 @@ from jax_unlearn.models import AllCNN, init_variables
 from jax_unlearn.models.layers import BatchNorm
 from jax_unlearn.train.evaluate import accuracy
 
-try:  # the real data classes once they exist; the stand-ins follow the CONTRACT's data API exactly
-  from jax_unlearn.data import DataInfo, Split, UnlearnData
-except ImportError:  # pragma: no cover - until jax_unlearn.data lands
-  @dataclasses.dataclass
-  class Split:
-    images: np.ndarray
-    labels: np.ndarray
-    fine_labels: np.ndarray | None = None
-
-    def __len__(self):
-      return len(self.labels)
-
-    def subset(self, m):
-      return Split(self.images[m], self.labels[m])
-
-  @dataclasses.dataclass(frozen=True)
-  class DataInfo:
-    name: str
-    num_classes: int
-    image_shape: tuple
-    mean: tuple
-    std: tuple
-    augment: bool
-
-  @dataclasses.dataclass
-  class UnlearnData:
-    info: DataInfo
-    train: Split
-    val: Split
-    test: Split
-    forget_train_mask: np.ndarray
-    forget_val_mask: np.ndarray
-    forget_test_mask: np.ndarray
-    forget_train = property(lambda s: s.train.subset(s.forget_train_mask))
-    retain_train = property(lambda s: s.train.subset(~s.forget_train_mask))
-    forget_val = property(lambda s: s.val.subset(s.forget_val_mask))
-    retain_val = property(lambda s: s.val.subset(~s.forget_val_mask))
-    forget_test = property(lambda s: s.test.subset(s.forget_test_mask))
-    retain_test = property(lambda s: s.test.subset(~s.forget_test_mask))
+from jax_unlearn.data import DataInfo, Split, UnlearnData
 
 K = 4
 
