@@ -59,6 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
         c.metrics = metrics.default_config()
     except ImportError:
       pass
+  from jax_unlearn import sweep  # noqa: PLC0415 (vmapped multi-run sweeps, `launch.sweep`)
+  c.sweep = sweep.default_config()
   return c
 
 

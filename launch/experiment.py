@@ -6,12 +6,15 @@ python -m launch.experiment --config=configs/digits.py --workdir=W
 from absl import app, flags
 from ml_collections import config_flags
 
+from jax_unlearn import compile_cache  # --compile_cache, --distributed flags (README)
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (models, results.*).")
 
 
 def main(argv):
   del argv
+  compile_cache.setup()  # before any JAX work: multi-host start, persistent compile cache
   from jax_unlearn import cli, experiment
   cli.run_main(lambda: experiment.run(cli.config_value(_CONFIG), _WORKDIR.value, cli.progress_logger()))
 

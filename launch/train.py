@@ -3,12 +3,15 @@
 from absl import app, flags
 from ml_collections import config_flags
 
+from jax_unlearn import compile_cache  # --compile_cache, --distributed flags (README)
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics.json).")
 
 
 def main(argv):
   del argv
+  compile_cache.setup()  # before any JAX work: multi-host start, persistent compile cache
   from jax_unlearn import api, cli
   from jax_unlearn.io import atomic_write_json
 

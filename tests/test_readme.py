@@ -9,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_readme_python_example_runs():
   with open(os.path.join(ROOT, "README.md")) as f:
-    code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]
+    text = f.read()
+  code = re.findall(r"```python\n(.*?)```", text.split("## Use from your own JAX code")[1], re.S)[0]
   ns: dict = {}
   exec(code, ns)  # noqa: S102
   assert jax.tree.structure(ns["params"]) == jax.tree.structure(ns["variables"]["params"])

@@ -225,9 +225,12 @@ def cosine_lr(lr, eta_min, t_max, t) -> jax.Array:
 
 
 def _apply(engine, module, *args, **kwargs):
-  if not engine.loop_safe_convs:
+  # `conv_interceptor` (e.g. `sweep.matmul_convs`) wins over the loop-safe convs: a vmapped sweep needs
+  # convs whose per-run kernels become batched matmuls, not XLA:CPU's slow grouped convolutions.
+  interceptor = engine.conv_interceptor or (_loop_safe_convs if engine.loop_safe_convs else None)
+  if interceptor is None:
     return module.apply(*args, **kwargs)
-  with nn.intercept_methods(_loop_safe_convs):
+  with nn.intercept_methods(interceptor):
     return module.apply(*args, **kwargs)
 
 
@@ -324,6 +327,8 @@ class Engine:
     `(x, train, mask, features)`, the generator `(z, train)`.
   keep_fn: optional `t_logits -> [B] bool` that replaces the strategy's filter (an extension/test hook).
   loop_safe_convs: route `nn.Conv`s through `loop_safe_conv` (XLA:CPU, jax-ml/jax#12868).
+  conv_interceptor: optional `nn.intercept_methods` interceptor used instead (a module-level function,
+    hashed by identity); `jax_unlearn.sweep` sets `matmul_convs` for vmapped sweeps.
   """
   teacher: Any
   student: Any
@@ -339,6 +344,7 @@ class Engine:
   loops_per_epoch: int
   keep_fn: Callable | None = None
   loop_safe_convs: bool = True
+  conv_interceptor: Callable | None = None
 
 
 @flax.struct.dataclass

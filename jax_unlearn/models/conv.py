@@ -1,24 +1,25 @@
-"""Convolutions that stay fast when differentiated inside `lax.scan`/`while_loop`/`cond` on XLA:CPU.
+"""Convolutions that stay fast on XLA:CPU where `lax.conv_general_dilated` does not.
 
-Use `with loop_safe_convs(): model.apply(...)` around any scanned training step (the distillation
-engine, shadow models, AIN relearning) or build `nn.Conv(conv_general_dilated=loop_safe_conv_general_dilated)`.
+* `loop_safe_conv`: fast when differentiated inside `lax.scan`/`while_loop`/`cond` (jax-ml/jax#12868).
+  Use `with loop_safe_convs(): model.apply(...)` around any scanned training step (the distillation
+  engine, shadow models, AIN relearning).
+* `matmul_conv`: im2col and one `dot_general`, fast under `jax.vmap` with a batched kernel (vmapped
+  sweeps, `jax_unlearn.sweep`) and inside loops (it has no convolution at all).
+
+Both are drop-ins for `lax.conv_general_dilated` (`nn.Conv(conv_general_dilated=...)`), and
+`loop_safe_convs` / `matmul_convs` are `nn.intercept_methods` interceptors that install them into every
+plain `nn.Conv` a model applies.
 """
 
 import contextlib
+import dataclasses
 import functools
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-# XLA:CPU leaves the weight-gradient convolution of a conv in a non-canonical form when it sits inside a
-# while loop or a conditional, and then runs it through a naive loop emitter: ~100x slower than the same
-# op at top level (jax-ml/jax#12868, measured here: 2.7 s vs 0.03 s for one 128x8x8x128 -> 64 conv
-# gradient). The engine's scanned epoch would run ~30x slower than a Python loop. The fix is a conv
-# whose VJP is written with canonical NHWC/HWIO convolutions on explicitly transposed operands; it is
-# numerically the same convolution. `loop_safe_convs()` installs it into every `nn.Conv` of the models
-# the engine applies (unless a model already chose its own conv function).
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -27,6 +28,17 @@ def _conv(x, w, strides, padding, lhs_dilation=None, rhs_dilation=None):
   return lax.conv_general_dilated(x, w, strides, padding, lhs_dilation=lhs_dilation,
                                   rhs_dilation=rhs_dilation, dimension_numbers=_DN)
 
+
+# ----------------------------------------------------------------------------------------------------
+# Loop-safe convolution.
+#
+# XLA:CPU leaves the weight-gradient convolution of a conv in a non-canonical form when it sits inside a
+# while loop or a conditional, and then runs it through a naive loop emitter: ~100x slower than the same
+# op at top level (jax-ml/jax#12868, measured here: 2.7 s vs 0.03 s for one 128x8x8x128 -> 64 conv
+# gradient). The engine's scanned epoch would run ~30x slower than a Python loop. The fix is a conv
+# whose VJP is written with a canonical NHWC/HWIO convolution for dx and one GEMM per kernel tap for dw
+# (`conv_weight_grad`, which is also 2.6x faster than XLA's own weight-gradient conv at top level); it
+# is numerically the same convolution.
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def loop_safe_conv(x, w, strides, padding):
@@ -48,19 +60,66 @@ def _loop_safe_conv_bwd(strides, padding, res, dy):
     lo_t = k - 1 - lo
     pads.append((lo_t, n + k - 1 - (m - 1) * st - 1 - lo_t))
   dx = _conv(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1), pads, lhs_dilation=strides)
-  # dw: batch and channels swapped by explicit transposes, dy as a kernel dilated by the strides.
-  dw = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), padding, rhs_dilation=strides)
-  return dx, dw[:, :ks[0], :ks[1], :].transpose(1, 2, 0, 3)
+  return dx, conv_weight_grad(x, dy, ks, strides, padding)
+
+
+def conv_weight_grad(x, dy, kernel_size, strides, padding):
+  """dL/dw of an NHWC x HWIO convolution, as one GEMM per kernel tap.
+
+  dw[i, j] = Σ_{n,h,w} x_pad[n, i + s·h, j + s·w, :]ᵀ dy[n, h, w, :] — a [cin, cout] matmul contracting
+  N·H·W per tap. XLA:CPU runs the same reduction as a convolution whose "kernel" is dy (H x W, e.g.
+  32 x 32): 4.4 s vs 1.7 s for k·k GEMMs at AllCNN's 256 x 32 x 32 x 96 layer (BUILD_NOTES
+  "Performance (issue 7)"), the main cost of a train step. Slices and dots: loop- and vmap-safe too.
+  """
+  kh, kw = kernel_size
+  sh, sw = strides
+  ho, wo = dy.shape[1:3]
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+  taps = [lax.dot_general(
+      lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
+                (1, sh, sw, 1)), dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
+          for i in range(kh) for j in range(kw)]
+  return jnp.stack(taps).reshape(kh, kw, x.shape[3], dy.shape[3])
 
 
 loop_safe_conv.defvjp(_loop_safe_conv_fwd, _loop_safe_conv_bwd)
 
 
-def loop_safe_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                                   rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                                   batch_group_count=1, precision=None, preferred_element_type=None):
-  """Drop-in for `lax.conv_general_dilated` (`nn.Conv(conv_general_dilated=...)`): plain 2-D NHWC
-  convolutions go through `loop_safe_conv`; anything else falls back to lax."""
+# ----------------------------------------------------------------------------------------------------
+# im2col convolution.
+#
+# Under vmap with a per-member kernel (each sweep run has its own student and generator) XLA:CPU lowers
+# a convolution to a grouped convolution that runs ~2.4x slower than the members' convs one by one
+# (BUILD_NOTES "Performance (issue 7)"). As im2col + `dot_general` the same conv becomes a *batched*
+# matmul under vmap (one Eigen GEMM per member), and its gradients are slices, pads and matmuls.
+
+def matmul_conv(x, w, strides, padding):
+  """NHWC x HWIO convolution (explicit padding pairs) as im2col (k·k strided slices, concatenated)
+  and one contraction. Patch features are ordered (kh, kw, cin), the row-major order of an HWIO kernel
+  reshaped to [kh·kw·cin, cout]."""
+  kh, kw, cin, cout = w.shape
+  sh, sw = strides
+  if (kh, kw) == (1, 1) and all(p == (0, 0) for p in padding):
+    x = x[:, ::sh, ::sw, :]
+    return lax.dot_general(x, w.reshape(cin, cout), (((3,), (0,)), ((), ())))
+  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  ho = (xp.shape[1] - kh) // sh + 1
+  wo = (xp.shape[2] - kw) // sw + 1
+  cols = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
+                    (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(cols, axis=-1)
+  return lax.dot_general(patches, w.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Drop-ins for `lax.conv_general_dilated` and the interceptors that install them.
+
+def _dispatch(conv, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+              dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+              preferred_element_type=None):
+  """`conv(lhs, rhs, strides, explicit_padding)` for plain 2-D NHWC/HWIO convolutions; anything else
+  (groups, dilation, other layouts, explicit precision) goes to `lax.conv_general_dilated`."""
   simple = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
             and precision is None and preferred_element_type is None
             and all(d == 1 for d in (lhs_dilation or (1, 1)))
@@ -73,19 +132,36 @@ def loop_safe_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilati
                                     precision, preferred_element_type)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  return loop_safe_conv(lhs, rhs, tuple(int(s) for s in window_strides),
-                        tuple((int(lo), int(hi)) for lo, hi in padding))
+  return conv(lhs, rhs, tuple(int(s) for s in window_strides),
+              tuple((int(lo), int(hi)) for lo, hi in padding))
 
 
-def _loop_safe_convs(next_fun, args, kwargs, context):
-  m = context.module
-  if (context.method_name == "__call__" and isinstance(m, nn.Conv) and m.conv_general_dilated is None
-      and m.conv_general_dilated_cls is None):
-    # A bound module is a per-apply clone, so this touches no user object.
-    object.__setattr__(m, "conv_general_dilated", loop_safe_conv_general_dilated)
-  return next_fun(*args, **kwargs)
+def loop_safe_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+  """Drop-in for `lax.conv_general_dilated`: plain 2-D NHWC convolutions go through `loop_safe_conv`."""
+  return _dispatch(loop_safe_conv, lhs, rhs, window_strides, padding, *args, **kwargs)
 
 
+def matmul_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+  """Drop-in for `lax.conv_general_dilated`: plain 2-D NHWC convolutions go through `matmul_conv`."""
+  return _dispatch(matmul_conv, lhs, rhs, window_strides, padding, *args, **kwargs)
+
+
+def _interceptor(conv_general_dilated):
+  def intercept(next_fun, args, kwargs, context):
+    m = context.module
+    if (context.method_name == "__call__" and isinstance(m, nn.Conv) and m.conv_general_dilated is None
+        and m.conv_general_dilated_cls is None):
+      # A bound module is a per-apply clone, so this touches no user object.
+      object.__setattr__(m, "conv_general_dilated", conv_general_dilated)
+    return next_fun(*args, **kwargs)
+  intercept.__name__ = f"intercept_{conv_general_dilated.__name__}"
+  return intercept
+
+
+# Module-level constants: jitted code keys on them by identity (e.g. `distill.Engine.conv_interceptor`).
+_loop_safe_convs = _interceptor(loop_safe_conv_general_dilated)
+matmul_convs = _interceptor(matmul_conv_general_dilated)
+"""Interceptor: every plain `nn.Conv` applied under it uses `matmul_conv_general_dilated`."""
 
 
 @contextlib.contextmanager
@@ -93,3 +169,15 @@ def loop_safe_convs():
   """Within this context every `nn.Conv` applied uses `loop_safe_conv_general_dilated`."""
   with nn.intercept_methods(_loop_safe_convs):
     yield
+
+
+@dataclasses.dataclass(frozen=True)
+class with_loop_safe_convs:  # noqa: N801 (used like a function: `with_loop_safe_convs(model.apply)`)
+  """`apply_fn` (e.g. `model.apply`) run under `loop_safe_convs()`: a drop-in `TrainState.apply_fn`
+  whose conv weight gradients are tap GEMMs (`conv_weight_grad`). Hashable and comparable by its
+  `apply_fn`, so jitted steps taking the state as an argument keep their cache."""
+  apply_fn: Callable
+
+  def __call__(self, *args, **kwargs):
+    with nn.intercept_methods(_loop_safe_convs):
+      return self.apply_fn(*args, **kwargs)

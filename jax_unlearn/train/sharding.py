@@ -1,8 +1,10 @@
-"""Data-parallel sharding over all local devices (a 1-axis `Mesh` named 'data').
+"""Data-parallel sharding over all devices (a 1-axis `Mesh` named 'data'), and sweep members over the
+local devices (a 1-axis `Mesh` named 'runs').
 
 On one CPU the mesh has one device and the code path is the same. BatchNorm statistics over a
 data-sharded batch are computed over the global batch (XLA inserts the all-reduce), so an N-device
-step equals the 1-device step up to float reduction order.
+step equals the 1-device step up to float reduction order. A vmapped sweep (`jax_unlearn.sweep`) has no
+cross-run communication at all: with its run axis sharded, each device runs its own members.
 """
 
 from __future__ import annotations
@@ -48,3 +50,18 @@ def shard_batch(batch: dict, mesh=None) -> dict:
 
 def replicate(tree, mesh=None):
   return jax.device_put(tree, replicated(mesh))
+
+
+def runs_mesh(num_runs: int) -> jax.sharding.Mesh:
+  """A 1-axis mesh 'runs' over as many local devices as divide `num_runs` evenly (at least one)."""
+  devices = jax.local_devices()
+  n = max(d for d in range(1, len(devices) + 1) if num_runs % d == 0)
+  return jax.sharding.Mesh(np.asarray(devices[:n]), ("runs",), axis_types=(AxisType.Auto,))
+
+
+def shard_runs(tree, mesh: jax.sharding.Mesh | None = None):
+  """Places a stacked pytree (runs on the leading axis of every leaf) with that axis split over `mesh`
+  (default `runs_mesh(R)`)."""
+  if mesh is None:
+    mesh = runs_mesh(jax.tree.leaves(tree)[0].shape[0])
+  return jax.device_put(tree, NamedSharding(mesh, P("runs")))
