@@ -15,9 +15,6 @@ def get_config(arg: str = "class"):
   c.model.width = 0.25            # 24/48 channels instead of 96/192
   c.batch_size = 64
   c.train.update(epochs=30, lr=0.05, milestones=(20,), gamma=0.1, weight_decay=1e-4)
-  # Every method whose implementation has landed. DiStruction (issue 5) has not: asking for it with
-  # --config.methods=...,distruction is a clear error rather than a silent skip.
-  c.methods = tuple(m for m in c.methods if m != "distruction")
   c.forget.mode = "random" if arg == "random" else "class"
   c.forget.classes = (3,)
   c.forget.num_samples = 100
