@@ -21,10 +21,54 @@ def run_main(fn: Callable[[], object]) -> None:
   """Calls `fn`; a `UserError` prints `error: <message>` (no traceback) and exits with code 2."""
   from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  _quiet_abandoned_async_reads()
   try:
     fn()
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+class _DropAbandonedTasks:
+  """A logging filter for asyncio's 'Task exception was never retrieved' records."""
+
+  def filter(self, record) -> bool:
+    return "never retrieved" not in record.getMessage()
+
+
+def _quiet_abandoned_async_reads() -> None:
+  """When orbax fails to read a corrupted checkpoint it abandons its other asyncio read tasks; they
+  log full tracebacks when collected and warn 'coroutine ... was never awaited' at exit. The failure
+  itself is reported as a CheckpointError line, so that noise only buries it."""
+  import logging as py_logging
+  import warnings
+  py_logging.getLogger("asyncio").addFilter(_DropAbandonedTasks())
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
+def run_app(main: Callable[[list], object]) -> None:
+  """`absl.app.run(main)`, except that an exception raised while the flags are parsed becomes one
+  `error:` line and exit code 2.
+
+  `DEFINE_config_file` executes the config file during flag parsing: a missing file is deferred to
+  `config_value`, but a syntax error or an exception inside `get_config` would otherwise end the
+  launcher with a traceback before `main` (and `run_main`) is reached. Exceptions from `main` itself
+  propagate unchanged."""
+  from absl import app
+  started = []
+
+  def wrapped(argv):
+    started.append(True)
+    return main(argv)
+
+  try:
+    app.run(wrapped)
+  except Exception as e:  # noqa: BLE001
+    if started:
+      raise
+    first = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    print(f"error: the command line or the config file could not be parsed ({first}); fix the config "
+          "file or pass an existing one, e.g. --config=configs/digits.py", file=sys.stderr, flush=True)
     sys.exit(2)
 
 

@@ -103,22 +103,43 @@ def validate(config, workdir: str | None = None, methods: tuple[str, ...] = ()) 
     raise ConfigError("unsir needs whole forget classes (it learns one noise tensor per class); remove "
                       "unsir from --config.methods for random forgetting (finetune, bad_teacher, "
                       "amnesiac and retrain work)")
+  defaults = None
   for key in ("ispf", "lfssd", "ssd", "distruction", "finetune", "bad_teacher", "amnesiac", "unsir"):
     sub = config.get(key)
     if sub is None:
       continue
     for field in ("lr", "lr_g", "alpha", "lam", "tau", "batch_size"):
       if field in sub and sub[field] is not None:
-        _check(sub[field] >= 0 if field != "batch_size" else sub[field] > 0,
-               f"--config.{key}.{field} must be {'positive' if field == 'batch_size' else '>= 0'}, "
-               f"got {sub[field]}")
+        if (sub[field] > 0 if field == "batch_size" else sub[field] >= 0):
+          continue
+        defaults = method_default_configs() if defaults is None else defaults
+        default = defaults.get(key, {}).get(field)
+        raise ConfigError(
+            f"--config.{key}.{field} must be {'positive' if field == 'batch_size' else '>= 0'}, got "
+            f"{sub[field]}; set --config.{key}.{field}=<value>" +
+            (f" (default {default})" if default is not None else ""))
   if workdir is not None:
     _check(bool(workdir), "--workdir is required: pass --workdir=/some/dir")
-    parent = os.path.abspath(workdir)
-    while not os.path.exists(parent):
-      parent = os.path.dirname(parent)
-    _check(os.access(parent, os.W_OK), f"workdir {workdir} is not writable; pass a --workdir you can "
-           "write to")
+    _check_writable(workdir)
+
+
+def _check_writable(workdir: str) -> None:
+  """The nearest existing ancestor of `workdir` must be a directory we can create files in.
+
+  A real probe file rather than `os.access`: root passes `os.access` on read-only mounts, and a
+  regular file on the path only fails later inside `os.makedirs`."""
+  import tempfile
+  parent = os.path.abspath(workdir)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  _check(os.path.isdir(parent), f"workdir {workdir} cannot be created: {parent} is a file, not a "
+         "directory; pass another --workdir")
+  try:
+    with tempfile.TemporaryFile(dir=parent):
+      pass
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} is not writable ({parent}: {e.strerror}); pass a --workdir "
+                      "you can write to") from None
 
 
 def placeholder(type_):

@@ -41,4 +41,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from jax_unlearn import cli
+  cli.run_app(main)

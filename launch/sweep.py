@@ -37,4 +37,5 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("workdir")
-  app.run(main)
+  from jax_unlearn import cli
+  cli.run_app(main)

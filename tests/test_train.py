@@ -36,7 +36,7 @@ def test_fit_learns_and_resumes_exactly(tmp_path):
   supervised.fit(model, ds.train, ds.val, ds.info, _tcfg(1), key, str(tmp_path / "b"), log=lambda s: None)
   resumed, hist_b = supervised.fit(model, ds.train, ds.val, ds.info, _tcfg(3), key, str(tmp_path / "b"),
                                    log=lambda s: None)
-  assert [h["epoch"] for h in hist_b["history"]] == [2, 3]
+  assert [h["epoch"] for h in hist_b["history"]] == [1, 2, 3]
   chex.assert_trees_all_close(full, resumed, atol=1e-6, rtol=1e-6)
 
 

@@ -9,8 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
+import sys
+import tempfile
+import time
 from typing import Any
 
 import jax
@@ -18,6 +23,45 @@ import orbax.checkpoint as ocp
 
 from jax_unlearn.errors import CheckpointError
 from jax_unlearn.io import atomic_write_json
+
+
+@contextlib.contextmanager
+def _quiet_failed_restore(drain_seconds: float = 0.5):
+  """Holds back stderr (fd 2) during a restore; prints it afterwards unless the restore failed.
+
+  When orbax fails to read a corrupted checkpoint it closes its event loop while tensorstore threads
+  still finish the other reads; each then prints 'RuntimeError: Event loop is closed' with a
+  traceback from C++, at a random moment. On failure those lines are dropped (after letting the reads
+  drain), so the CheckpointError line stands alone; on success anything written is passed on."""
+  try:
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError, AttributeError):
+    yield
+    return
+  buf = tempfile.TemporaryFile()
+  os.dup2(buf.fileno(), 2)
+  failed = False
+  try:
+    yield
+  except BaseException:
+    failed = True
+    time.sleep(drain_seconds)
+    gc.collect()  # abandoned asyncio tasks log 'exception was never retrieved' when collected
+    raise
+  finally:
+    try:
+      sys.stderr.flush()
+    except (OSError, ValueError):
+      pass
+    os.dup2(saved, 2)
+    os.close(saved)
+    if not failed:
+      buf.seek(0)
+      data = buf.read()
+      if data:
+        os.write(2, data)
+    buf.close()
 
 
 class Checkpointer:
@@ -39,7 +83,8 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-      return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+      with _quiet_failed_restore():
+        return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types for truncated/corrupted files
       raise CheckpointError(
           f"checkpoint {self.directory}/{step} could not be restored ({type(e).__name__}: "
@@ -81,7 +126,8 @@ def load_variables(directory: str, target: Any, expect_meta: dict | None = None)
           "another --workdir or delete that directory")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
-    return ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"), abstract)
+    with _quiet_failed_restore():
+      return ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"), abstract)
   except Exception as e:
     raise CheckpointError(
         f"checkpoint {directory} could not be restored ({type(e).__name__}: "

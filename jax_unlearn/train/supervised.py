@@ -9,6 +9,8 @@ epoch (resume from it), selection of the best epoch by validation accuracy, and 
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from typing import Any, Callable
 
@@ -21,6 +23,7 @@ from flax.training import train_state
 
 from jax_unlearn import data as data_lib
 from jax_unlearn.errors import NumericalError
+from jax_unlearn.io import atomic_write_json
 from jax_unlearn.models import init_variables
 from jax_unlearn.train import sharding
 from jax_unlearn.train.checkpoint import Checkpointer
@@ -90,6 +93,14 @@ def _finite(tree) -> bool:
   return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
 
 
+def _read_history(path: str) -> list:
+  try:
+    with open(path) as f:
+      return list(json.load(f))
+  except (OSError, ValueError):  # written atomically; missing only for checkpoints of older versions
+    return []
+
+
 def fit(model, train: data_lib.Split, val: data_lib.Split, info, train_cfg, key, ckpt_dir: str,
         log: Callable[[str], None] = print, name: str = "train", seed: int = 0):
   """Trains `model` from a fresh initialisation drawn from `key`; returns (best variables, history).
@@ -107,13 +118,17 @@ def fit(model, train: data_lib.Split, val: data_lib.Split, info, train_cfg, key,
   ck = _Checkpoint(state=state, best=_copy(state.variables), best_acc=jnp.asarray(-1.0),
                    epoch=jnp.asarray(0))
   ckptr = Checkpointer(ckpt_dir)
+  history = []
+  # The per-epoch history is JSON next to the orbax steps (written after each save), so a resumed
+  # run reports the same history as an uninterrupted one, not only the epochs after the restart.
+  history_path = os.path.join(ckptr.directory, "history.json")
   if ckptr.latest_step() is not None:
     ck = ckptr.restore(ck)
+    history = [h for h in _read_history(history_path) if h["epoch"] <= int(ck.epoch)]
     log(f"[{name}] resumed from epoch {int(ck.epoch)} (best val acc {float(ck.best_acc):.2f}%)")
   ck = sharding.replicate(ck)
   state = ck.state
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
-  history = []
   t0 = time.time()
   for epoch in range(int(ck.epoch), int(train_cfg.epochs)):
     losses, accs = [], []
@@ -124,19 +139,23 @@ def fit(model, train: data_lib.Split, val: data_lib.Split, info, train_cfg, key,
     loss = float(jnp.mean(jnp.stack(losses)))
     if not np.isfinite(loss) or not _finite(state.params):
       raise NumericalError(
-          f"[{name}] loss became {loss} at epoch {epoch + 1} (step {int(state.step)}); the last good "
-          f"checkpoint (epoch {int(ck.epoch)}) is kept in {ckptr.directory}: lower "
-          "--config.train.lr and run the same command again")
+          f"[{name}] loss became {loss} at epoch {epoch + 1} (step {int(state.step)}); " +
+          (f"the last good checkpoint (epoch {int(ck.epoch)}) is kept in {ckptr.directory}"
+           if int(ck.epoch) else "no checkpoint was written yet") +
+          ": lower --config.train.lr and run the same command again")
     val_acc = accuracy(model, state.variables, val, info)
     best, best_acc = ck.best, float(ck.best_acc)
     if val_acc > best_acc:
       best, best_acc = _copy(state.variables), val_acc
     ck = _Checkpoint(state=state, best=best, best_acc=jnp.asarray(best_acc),
                      epoch=jnp.asarray(epoch + 1))
-    ckptr.save(epoch + 1, ck)
     rec = {"epoch": epoch + 1, "loss": loss, "train_acc": 100 * float(jnp.mean(jnp.stack(accs))),
            "val_acc": val_acc, "elapsed_s": time.time() - t0}
     history.append(rec)
+    # History first, then the state: a kill between the two leaves an extra history entry that the
+    # resume drops (epoch > restored epoch), never a missing one.
+    atomic_write_json(history_path, history)
+    ckptr.save(epoch + 1, ck)
     log(f"[{name}] epoch {epoch + 1}/{train_cfg.epochs} loss {loss:.4f} train {rec['train_acc']:.1f}% "
         f"val {val_acc:.2f}% ({rec['elapsed_s']:.1f}s)")
   ckptr.close()
