@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from jax_unlearn.errors import DataError
-from jax_unlearn.metrics.mia_i import retain_member_index
+from jax_unlearn.metrics.mia_i import fit_predict_1d, retain_member_index
 from jax_unlearn.train.evaluate import predict_logits
 
 
@@ -41,17 +40,9 @@ def mia_entropy_from_entropies(member_ent, nonmember_ent, target_ent) -> float:
   Fitted on `member_ent` (label 1) vs `nonmember_ent` (label 0); 1-D arrays of entropies. NaN when
   the target is empty.
   """
-  member_ent = np.asarray(member_ent, np.float64).reshape(-1, 1)
-  nonmember_ent = np.asarray(nonmember_ent, np.float64).reshape(-1, 1)
-  target_ent = np.asarray(target_ent, np.float64).reshape(-1, 1)
-  if len(target_ent) == 0:
-    return float("nan")
-  if len(member_ent) == 0 or len(nonmember_ent) == 0:
-    raise DataError("mia_entropy needs retain-train and test samples; check the forget config")
-  x = np.concatenate([member_ent, nonmember_ent])
-  y = np.concatenate([np.ones(len(member_ent)), np.zeros(len(nonmember_ent))])
-  clf = LogisticRegression(class_weight="balanced", solver="lbfgs").fit(x, y)
-  return float(100.0 * clf.predict(target_ent).mean())
+  pred = fit_predict_1d(LogisticRegression(class_weight="balanced", solver="lbfgs"), member_ent,
+                        nonmember_ent, target_ent, "mia_entropy needs retain-train and test samples")
+  return float("nan") if pred is None else float(100.0 * pred.mean())
 
 
 def mia_entropy_from_logits(member_logits, nonmember_logits, target_logits) -> float:

@@ -53,24 +53,30 @@ def retain_member_index(data, max_samples: int, seed: int) -> np.ndarray:
   return retain[sample_index(len(retain), max_samples, seed, STREAM_MEMBERS)]
 
 
+def fit_predict_1d(clf, member, nonmember, target, needs: str):
+  """Fits `clf` on 1-D scalar features, `member` (label 1) vs `nonmember` (label 0), and returns its
+  predictions on `target` (None when the target is empty). Shared by MIA-I and `mia_entropy`;
+  `needs` completes the error raised when a training pool is empty."""
+  member, nonmember, target = (np.asarray(a, np.float64).reshape(-1, 1)
+                               for a in (member, nonmember, target))
+  if len(target) == 0:
+    return None
+  if len(member) == 0 or len(nonmember) == 0:
+    raise DataError(f"{needs}; check the forget config leaves retain data in the train and test splits")
+  x = np.concatenate([member, nonmember])
+  y = np.concatenate([np.ones(len(member)), np.zeros(len(nonmember))])
+  return clf.fit(x, y).predict(target)
+
+
 def mia_i_from_confidences(member_conf, nonmember_conf, target_conf) -> float:
   """Percent of `target_conf` samples an RBF-SVC (C=3, gamma='auto') calls non-members.
 
   The SVC is fitted on `member_conf` (label 1) vs `nonmember_conf` (label 0); every argument is a
   1-D array of true-label confidences. NaN when the target is empty.
   """
-  member_conf = np.asarray(member_conf, np.float64).reshape(-1, 1)
-  nonmember_conf = np.asarray(nonmember_conf, np.float64).reshape(-1, 1)
-  target_conf = np.asarray(target_conf, np.float64).reshape(-1, 1)
-  if len(target_conf) == 0:
-    return float("nan")
-  if len(member_conf) == 0 or len(nonmember_conf) == 0:
-    raise DataError("MIA-I needs both member (retain-train) and non-member (retain-test) samples; "
-                    "check the forget config leaves retain data in the train and test splits")
-  x = np.concatenate([member_conf, nonmember_conf])
-  y = np.concatenate([np.ones(len(member_conf)), np.zeros(len(nonmember_conf))])
-  clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
-  return float(100.0 * (1.0 - clf.predict(target_conf).mean()))
+  pred = fit_predict_1d(SVC(C=3, gamma="auto", kernel="rbf"), member_conf, nonmember_conf, target_conf,
+                        "MIA-I needs both member (retain-train) and non-member (retain-test) samples")
+  return float("nan") if pred is None else float(100.0 * (1.0 - pred.mean()))
 
 
 def mia_i_from_logits(member_logits, member_labels, nonmember_logits, nonmember_labels,
