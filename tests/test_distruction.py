@@ -151,8 +151,8 @@ def _cfg(**kw):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.distruction = D.default_config()
-  c.distruction.update(dict(mc_iters=4, prep_epochs=1, prep_batch_size=128, forget_steps=25,
-                            forget_batch_size=32, log_every=100))
+  c.distruction.update(dict(mc_iters=4, prep_epochs=1, prep_batch_size=128, forget_steps=20,
+                            forget_batch_size=32, checkpoint_every=10))
   c.distruction.update(kw)
   return c
 
@@ -277,7 +277,8 @@ def test_run_end_to_end_touches_forget_data_only(trained, tmp_path):
 
 def test_lambda_sweep_uses_validation_and_orders_retain(trained, tmp_path):
   model, variables, data = trained
-  cfg = _cfg(std_init=0.05, objective="entropy", mean_eta=2.0, forget_steps=15, max_std_ratio=1.0)
+  cfg = _cfg(std_init=0.05, objective="entropy", mean_eta=2.0, forget_steps=15, max_std_ratio=1.0,
+             checkpoint_every=15)
   post = D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path), str(tmp_path / "p.msgpack"))
   src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
   sweep = D.lambda_sweep(model, variables, post, src, data.forget_val, data.retain_val, INFO,
@@ -293,7 +294,8 @@ def test_neggrad_divergence_is_reported_not_silent(trained, tmp_path):
   """−CE is unbounded below: with no KL (λ = 0) the run diverges. `forget` raises NumericalError and
   the sweep marks that λ NaN instead of choosing it."""
   model, variables, data = trained
-  cfg = _cfg(std_init=0.05, objective="neggrad", mean_eta=2.0, forget_steps=15, max_std_ratio=1.0)
+  cfg = _cfg(std_init=0.05, objective="neggrad", mean_eta=2.0, forget_steps=15, max_std_ratio=1.0,
+             checkpoint_every=15)
   post = D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path), str(tmp_path / "p.msgpack"))
   src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
   with pytest.raises(NumericalError):
@@ -316,3 +318,126 @@ def test_config_validation():
   bad.update(dict(mean_eta=3.0, lam=0.7, max_std_ratio=1.0))
   with pytest.raises(ConfigError, match="diverge"):
     D.validate_config(bad)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scanned forgetting loop, and exact resume of both BGD phases (issue 8).
+
+class _Interrupt(Exception):
+  pass
+
+
+def _interrupt_after(monkeypatch, n_saves):
+  """Makes the n-th and later `Checkpointer.save` calls raise after the earlier ones landed: the
+  in-process stand-in for a kill right after a checkpoint (tests/test_reliability.py SIGKILLs)."""
+  from jax_unlearn.train import checkpoint
+  real, calls = checkpoint.Checkpointer.save, []
+
+  def save(self, step, state):
+    calls.append(step)
+    if len(calls) > n_saves:
+      raise _Interrupt(step)
+    real(self, step, state)
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+  return calls
+
+
+def _forget(trained, post, cfg, **kw):
+  model, variables, data = trained
+  src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
+  return D.forget(model.apply, variables, post, src, INFO, cfg.distruction, jax.random.key(3),
+                  [0.05, 0.3], log=lambda s: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def posterior(trained, tmp_path_factory):
+  model, variables, data = trained
+  d = tmp_path_factory.mktemp("post")
+  return D.ensure_prepared(_ctx(_cfg(), model, variables, data, d), str(d / "p.msgpack"))
+
+
+def test_scanned_chunks_equal_a_python_loop_of_forget_steps(trained, posterior):
+  """`forget` (lax.scan over chunks of 10, and one scan of all 20 steps) equals jitted `forget_step`
+  called step by step with the same batches and keys."""
+  model, variables, data = trained
+  cfg = _cfg(matmul_convs=False)
+  q10, bs10, h10 = _forget(trained, posterior, cfg)
+  cfg0 = _cfg(matmul_convs=False, checkpoint_every=0)
+  q0, _, h0 = _forget(trained, posterior, cfg0)
+  chex.assert_trees_all_close(q10, q0, rtol=1e-6, atol=1e-8)
+  src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
+  dc = cfg.distruction
+  step = jax.jit(jax.vmap(functools.partial(
+      D.forget_step, apply_fn=model.apply, tx=D._bgd_tx(dc.mean_eta, dc.std_init),
+      objective=dc.objective, num_samples=dc.mc_iters, bn_mode=dc.bn_mode, vectorize=dc.vectorize,
+      num_classes=10, max_std_ratio=dc.max_std_ratio),
+      in_axes=(0, 0, None, None, None, None, 0, None, None, None)))
+  lams = jnp.asarray([0.05, 0.3])
+  q = jax.tree.map(lambda a: jnp.stack([a, a]), posterior)
+  bs = jax.tree.map(lambda a: jnp.stack([a, a]), variables["batch_stats"])
+  kls = []
+  for t in range(dc.forget_steps):
+    x, y = src.batch(t)
+    q, bs, m = step(q, bs, posterior, jax.random.fold_in(jax.random.key(3), t), x, y, lams, None,
+                    jnp.asarray(INFO.mean), jnp.asarray(INFO.std))
+    kls.append(m["kl"])
+  chex.assert_trees_all_close(q10, q, rtol=1e-5, atol=1e-7)
+  chex.assert_shape(h10["kl"], (dc.forget_steps + 1, 2))
+  chex.assert_shape(h10["batch_acc"], (dc.forget_steps, 2))
+  np.testing.assert_allclose(h10["kl"][1:], np.stack(kls), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(h10["kl"], h0["kl"], rtol=1e-6, atol=1e-7)
+
+
+def test_forgetting_resumes_exactly_after_an_interruption(trained, posterior, tmp_path, monkeypatch):
+  cfg = _cfg()
+  want_q, want_bs, want_h = _forget(trained, posterior, cfg, ckpt_dir=str(tmp_path / "a"))
+  calls = _interrupt_after(monkeypatch, 1)
+  with pytest.raises(_Interrupt):
+    _forget(trained, posterior, cfg, ckpt_dir=str(tmp_path / "b"))
+  assert calls == [10, 20]
+  monkeypatch.undo()
+  (ck,) = [p for p in (tmp_path / "b").iterdir() if p.name.startswith("forget_")]
+  assert sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == [10]
+  q, bs, h = _forget(trained, posterior, cfg, ckpt_dir=str(tmp_path / "b"))
+  chex.assert_trees_all_equal(q, want_q)
+  chex.assert_trees_all_equal(bs, want_bs)
+  for k in want_h:
+    np.testing.assert_array_equal(h[k], want_h[k])
+  # Another λ set is another run: it never resumes from this checkpoint.
+  model, variables, data = trained
+  src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
+  D.forget(model.apply, variables, posterior, src, INFO, cfg.distruction, jax.random.key(3),
+           [0.05, 0.2], log=lambda s: None, ckpt_dir=str(tmp_path / "b"))
+  assert len([p for p in (tmp_path / "b").iterdir() if p.name.startswith("forget_")]) == 2
+
+
+def test_forgetting_nan_names_the_steps_and_keeps_the_checkpoint(trained, posterior, tmp_path):
+  cfg = _cfg(objective="neggrad", mean_eta=2.0, max_std_ratio=0.0, lam=0.0, checkpoint_every=5)
+  model, variables, data = trained
+  src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
+  with pytest.raises(NumericalError, match=r"between steps \d+ and \d+; (the last good checkpoint "
+                     r"\(step \d+\) is kept in|no checkpoint was written yet)"):
+    D.forget(model.apply, variables, posterior, src, INFO, cfg.distruction, jax.random.key(3),
+             log=lambda s: None, ckpt_dir=str(tmp_path))
+
+
+def test_preparation_resumes_exactly_after_an_interruption(trained, tmp_path, monkeypatch):
+  model, variables, data = trained
+  cfg = _cfg(prep_epochs=3)
+  want, want_h = D.prepare(model.apply, variables, data.train, INFO, cfg.distruction,
+                           jax.random.key(5), 0, lambda s: None, ckpt_dir=str(tmp_path / "a"))
+  _interrupt_after(monkeypatch, 1)
+  with pytest.raises(_Interrupt):
+    D.prepare(model.apply, variables, data.train, INFO, cfg.distruction, jax.random.key(5), 0,
+              lambda s: None, ckpt_dir=str(tmp_path / "b"))
+  monkeypatch.undo()
+  logs = []
+  got, got_h = D.prepare(model.apply, variables, data.train, INFO, cfg.distruction,
+                         jax.random.key(5), 0, logs.append, ckpt_dir=str(tmp_path / "b"))
+  assert any("resumed the preparation at epoch 1/3" in s for s in logs), logs
+  chex.assert_trees_all_equal(got, want)
+  assert got_h == want_h and [h["epoch"] for h in got_h] == [0, 1, 2]
+  # ensure_prepared removes its checkpoints once the posterior file is written.
+  path = tmp_path / "c" / "post.msgpack"
+  D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path / "c"), str(path))
+  assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["post.msgpack"]

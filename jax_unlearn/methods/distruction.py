@@ -63,6 +63,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import time
 import zlib
 from typing import Any, Callable, Sequence
@@ -117,7 +118,11 @@ def default_config() -> ml_collections.ConfigDict:
     sweep_max_forget_acc: the sweep keeps λ whose forget-val accuracy is <= this (percent) and picks
       the best retain-val accuracy among them (else the lowest forget-val accuracy).
     prep_seed_offset, forget_seed_offset: numpy shuffling seeds are config.seed + offset.
-    log_every: progress line every this many forgetting steps.
+    checkpoint_every: forgetting steps per `lax.scan`ned chunk; after each chunk a progress line and
+      (through `run`) an orbax checkpoint of the forgetting state. 0: one scan, no checkpoint.
+    prep_checkpoint_every: preparation epochs between orbax checkpoints (0: none).
+    matmul_convs: run convs as im2col GEMMs in the forgetting scan (fast under the λ/MC vmaps on
+      XLA:CPU; the same convolution up to float rounding). False: XLA's convolution.
   """
   return ml_collections.ConfigDict(dict(
       std_init=0.02, prep_mean_eta=0.0, mc_iters=4, prep_epochs=5, prep_batch_size=64,
@@ -125,7 +130,8 @@ def default_config() -> ml_collections.ConfigDict:
       objective="entropy_other", bn_mode="eval", vectorize="vmap", max_std_ratio=1.0,
       posterior_path="",
       lam_sweep=(),
-      sweep_max_forget_acc=10.0, prep_seed_offset=1, forget_seed_offset=2, log_every=10))
+      sweep_max_forget_acc=10.0, prep_seed_offset=1, forget_seed_offset=2, checkpoint_every=10,
+      prep_checkpoint_every=1, matmul_convs=True))
 
 
 def lam_values(x) -> list[float]:
@@ -154,7 +160,7 @@ def validate_config(cfg) -> None:
         "--config.distruction.mean_eta and prep_mean_eta must be >= 0")
   for f in ("mc_iters", "prep_batch_size", "forget_batch_size"):
     check(int(cfg[f]) >= 1, f"--config.distruction.{f} must be >= 1, got {cfg[f]}")
-  for f in ("prep_epochs", "forget_steps"):
+  for f in ("prep_epochs", "forget_steps", "checkpoint_every", "prep_checkpoint_every"):
     check(int(cfg[f]) >= 0, f"--config.distruction.{f} must be >= 0, got {cfg[f]}")
   check(float(cfg.max_std_ratio) >= 0, f"--config.distruction.max_std_ratio must be >= 0 (0 = off), got "
         f"{cfg.max_std_ratio}")
@@ -282,10 +288,13 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def prepare(apply_fn, variables, train_split, info, cfg, key, seed: int = 0,
-            log: Callable[[str], None] = print):
+            log: Callable[[str], None] = print, ckpt_dir: str | None = None):
   """Learns p = N(μ_p, σ_p²) on `train_split` (SPEC §5.2 Preparation). Returns (posterior, history).
 
-  With `cfg.prep_mean_eta == 0` the returned mean *is* `variables['params']` (bit-for-bit)."""
+  With `cfg.prep_mean_eta == 0` the returned mean *is* `variables['params']` (bit-for-bit).
+  With `ckpt_dir`, the BGD state, the epoch and the PRNG key are saved with orbax every
+  `cfg.prep_checkpoint_every` epochs; a run started again resumes there and ends with exactly the
+  posterior of an uninterrupted run (shuffles are a function of (seed, epoch), MC keys of the step)."""
   validate_config(cfg)
   images = np.asarray(train_split.images, np.float32)
   labels = np.asarray(train_split.labels, np.int32)
@@ -295,34 +304,69 @@ def prepare(apply_fn, variables, train_split, info, cfg, key, seed: int = 0,
                     "posterior before discarding the data (distruction.ensure_prepared)")
   bs = min(int(cfg.prep_batch_size), n)
   tx = _bgd_tx(float(cfg.prep_mean_eta), float(cfg.std_init))
-  state = tx.init(variables["params"])
   batch_stats = variables.get("batch_stats")
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
   step_fn = functools.partial(prepare_step, apply_fn=apply_fn, tx=tx, num_samples=int(cfg.mc_iters),
                               bn_mode=cfg.prep_bn_mode, vectorize=cfg.vectorize)
   seed = int(seed) + int(cfg.prep_seed_offset)
-  history, step, t0 = [], 0, time.time()
-  for epoch in range(int(cfg.prep_epochs)):
+  epochs, every = int(cfg.prep_epochs), int(cfg.prep_checkpoint_every)
+  ck = {"state": tx.init(variables["params"]), "epoch": jnp.asarray(0, jnp.int32),
+        "key": _key_data(key)}
+  history, ckptr, hist_path = [], None, None
+  if ckpt_dir and every > 0 and epochs > 0:
+    from jax_unlearn.train.checkpoint import Checkpointer  # noqa: PLC0415
+    ckptr = Checkpointer(ckpt_dir)
+    hist_path = os.path.join(ckptr.directory, "history.json")
+    if ckptr.latest_step() is not None:
+      ck = ckptr.restore(ck)
+      history = [h for h in _read_json_list(hist_path) if h["epoch"] < int(ck["epoch"])]
+      log(f"[distruction] resumed the preparation at epoch {int(ck['epoch'])}/{epochs} from "
+          f"{ckptr.directory}")
+  state, key = ck["state"], _wrap_key(ck["key"], key)
+  steps_per_epoch = n // bs
+  t0 = time.time()
+  for epoch in range(int(ck["epoch"]), epochs):
     order, losses = _epoch_order(n, seed, epoch), []
-    for i in range(n // bs):
+    for i in range(steps_per_epoch):
       idx = order[i * bs:(i + 1) * bs]
+      step = epoch * steps_per_epoch + i
       state, loss = step_fn(state, batch_stats, jax.random.fold_in(key, step), images[idx],
                             labels[idx], mean, std)
       losses.append(loss)
-      step += 1
     sig = jnp.concatenate([s.ravel() for s in jax.tree.leaves(state.std)])
     rec = {"epoch": epoch, "loss": float(np.mean(jax.device_get(losses))),
            "std_mean": float(sig.mean()), "std_min": float(sig.min()), "std_max": float(sig.max())}
+    if not (np.isfinite(rec["loss"]) and all(bool(jnp.isfinite(s).all())
+                                             for s in jax.tree.leaves(state))):
+      done = int(ck["epoch"])
+      kept = (f"the last good checkpoint (epoch {done}) is kept in {ckptr.directory}"
+              if ckptr is not None and done else "no checkpoint was written yet")
+      raise NumericalError(
+          f"DiStruction preparation: E_q[CE] or sigma became NaN/inf in epoch {epoch + 1} (steps "
+          f"{epoch * steps_per_epoch + 1}-{(epoch + 1) * steps_per_epoch}); {kept}: lower "
+          "--config.distruction.std_init or prep_mean_eta and run again")
     history.append(rec)
-    log(f"[distruction] prepare epoch {epoch + 1}/{cfg.prep_epochs}: E_q[CE] {rec['loss']:.4f}, "
+    log(f"[distruction] prepare epoch {epoch + 1}/{epochs}: E_q[CE] {rec['loss']:.4f}, "
         f"sigma mean {rec['std_mean']:.4g} (min {rec['std_min']:.3g}, max {rec['std_max']:.3g}), "
         f"{time.time() - t0:.1f}s")
-  if not all(bool(jnp.isfinite(s).all()) for s in jax.tree.leaves(state)):
-    raise NumericalError("DiStruction preparation produced NaN/inf; lower --config.distruction."
-                         "std_init or prep_mean_eta and run again")
+    if ckptr is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+      ck = {"state": state, "epoch": jnp.asarray(epoch + 1, jnp.int32), "key": ck["key"]}
+      # History first, then the state: a resume drops entries past the restored epoch.
+      atomic_write_json(hist_path, history)
+      ckptr.save(epoch + 1, ck)
+  if ckptr is not None:
+    ckptr.close()
   if float(cfg.prep_mean_eta) == 0:
     state = BGDState(mean=variables["params"], std=state.std)  # the very same arrays: μ_p = θ_o
   return state, history
+
+
+def _read_json_list(path: str) -> list:
+  try:
+    with open(path) as f:
+      return list(json.load(f))
+  except (OSError, ValueError):  # written atomically; absent if the kill came before the first save
+    return []
 
 
 def params_fingerprint(params) -> str:
@@ -414,9 +458,13 @@ def ensure_prepared(ctx, path: str | None = None) -> BGDState:
       log(f"[distruction] loaded prepared posterior {path}")
       return post
     log(f"[distruction] stored posterior {path} belongs to another original/preparation; re-preparing")
+  # Periodic checkpoints beside the posterior, named for the original they belong to; once the
+  # posterior is written they are superseded and removed.
+  ckpt_dir = f"{os.path.splitext(os.path.abspath(path))[0]}_ckpt_{meta['original'][:10]}"
   post, hist = prepare(ctx.model.apply, ctx.original, ctx.data.train, ctx.data.info, cfg,
-                       _prep_key(seed), seed, log)
+                       _prep_key(seed), seed, log, ckpt_dir=ckpt_dir)
   save_posterior(path, post, {**meta, "history": hist})
+  shutil.rmtree(ckpt_dir, ignore_errors=True)
   log(f"[distruction] saved prepared posterior {path}")
   return post
 
@@ -521,34 +569,89 @@ def forget_step(q: BGDState, batch_stats, p: BGDState, key, images, labels, lam,
 
 
 @functools.lru_cache(maxsize=32)
-def _vmapped_forget_step(apply_fn, mean_eta, std_init, objective, num_samples, bn_mode, vectorize,
-                         num_classes, max_std_ratio):
-  """jit(vmap over λ of `forget_step`), built once per static setting so that repeated `forget` calls
-  (a λ sweep, every U, tests) reuse one compiled program instead of re-tracing a fresh closure."""
+def _forget_chunk(apply_fn, mean_eta, std_init, objective, num_samples, bn_mode, vectorize, num_classes,
+                  max_std_ratio, matmul):
+  """jit(`lax.scan` over a chunk of forgetting steps of vmap-over-λ `forget_step`), built once per
+  static setting so that repeated `forget` calls (a λ sweep, every U, tests) reuse one compiled program.
+
+  Signature: (q, batch_stats, p, key, t0, images [C, B, ...], labels [C, B], lams, teacher, mean, std)
+  -> (q, batch_stats, metrics with leaves [C, L]). Step t0 + i uses `fold_in(key, t0 + i)`.
+  `matmul` routes every conv through `models.conv.matmul_conv_general_dilated` (im2col GEMMs): under
+  the λ and Monte-Carlo vmaps each conv has a batched kernel, which XLA:CPU otherwise runs as a slow
+  grouped convolution, and a conv gradient inside `lax.scan` hits jax-ml/jax#12868."""
+  from jax_unlearn.models.conv import matmul_convs  # noqa: PLC0415
+  import flax.linen as nn  # noqa: PLC0415
   tx = _bgd_tx(mean_eta, std_init)
-  return jax.jit(jax.vmap(
+  step = jax.vmap(
       functools.partial(forget_step, apply_fn=apply_fn, tx=tx, objective=objective,
                         num_samples=num_samples, bn_mode=bn_mode, vectorize=vectorize,
                         num_classes=num_classes, max_std_ratio=max_std_ratio),
-      in_axes=(0, 0, None, None, None, None, 0, None, None, None)))
+      in_axes=(0, 0, None, None, None, None, 0, None, None, None))
+
+  def chunk(q, batch_stats, p, key, t0, images, labels, lams, teacher, mean, std):
+    def body(carry, xs):
+      q, bs = carry
+      t, x, y = xs
+      q, bs, m = step(q, bs, p, jax.random.fold_in(key, t), x, y, lams, teacher, mean, std)
+      return (q, bs), m
+
+    ts = t0 + jnp.arange(labels.shape[0])
+    if matmul:
+      with nn.intercept_methods(matmul_convs):
+        (q, batch_stats), m = jax.lax.scan(body, (q, batch_stats), (ts, images, labels))
+    else:
+      (q, batch_stats), m = jax.lax.scan(body, (q, batch_stats), (ts, images, labels))
+    return q, batch_stats, m
+
+  return jax.jit(chunk)
 
 
-def _make_teacher(model, key, image_shape):
-  from jax_unlearn import models
-  return models.init_variables(model, key, (1,) + tuple(image_shape))
+def _key_data(key):
+  """Raw uint32 data of a typed (`jax.random.key`) or legacy (`PRNGKey`) key, for checkpoints."""
+  return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
+def _wrap_key(data, like):
+  """Inverse of `_key_data`: a key of the same kind as `like`."""
+  return jax.random.wrap_key_data(data) if jnp.issubdtype(like.dtype, jax.dtypes.prng_key) else data
+
+
+_HIST_KEYS = ("objective", "batch_acc", "std_ratio_mean", "std_ratio_max")
+# Forgetting fields that change the result: part of the checkpoint directory's name.
+_FORGET_FIELDS = ("mean_eta", "std_init", "objective", "mc_iters", "bn_mode", "vectorize",
+                  "max_std_ratio", "forget_steps", "forget_batch_size", "forget_seed_offset",
+                  "checkpoint_every", "matmul_convs")
+
+
+def _forget_ckpt_dir(ckpt_root: str, cfg, lams, key, posterior: BGDState, source) -> str:
+  """`ckpt_root/forget_<hash>`: the hash covers every input of the forgetting run (settings, λs, key,
+  posterior, forget set), so a changed config never resumes from another run's state."""
+  h = hashlib.sha1(json.dumps({f: str(cfg[f]) for f in _FORGET_FIELDS}).encode())
+  h.update(np.asarray(lams, np.float32).tobytes())
+  h.update(np.asarray(_key_data(key)).tobytes())
+  h.update(params_fingerprint(posterior.std).encode() + params_fingerprint(posterior.mean).encode())
+  h.update(b"".join(sorted(source._fingerprints)))
+  return os.path.join(ckpt_root, f"forget_{h.hexdigest()[:12]}")
 
 
 def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info, cfg, key,
            lams: Sequence[float] | None = None, teacher=None, num_classes: int | None = None,
-           log: Callable[[str], None] = print, raise_on_nonfinite: bool = True):
+           log: Callable[[str], None] = print, raise_on_nonfinite: bool = True,
+           ckpt_dir: str | None = None):
   """Runs `cfg.forget_steps` DiStruction iterations from q = p for every λ in `lams` at once (vmap).
+
+  The iterations run as `lax.scan`ned chunks of `cfg.checkpoint_every` steps (0: one scan over all
+  steps); the forget batches of a chunk are drawn from `source` (checked there) and stacked first.
+  With `ckpt_dir`, the state after every chunk (q, BN statistics, step, histories and the PRNG key)
+  is saved with orbax under `ckpt_dir/forget_<hash>`, and a run started again with the same inputs
+  resumes from it and ends with exactly the metrics of an uninterrupted run.
 
   `source` is the only data: a `ForgetBatches` over the forget set (an explicit argument so that no
   retain data can reach this loop). Returns (qs, batch_stats, history): `qs` is a BGDState whose leaves
   have a leading λ axis, `history` holds per-iteration arrays [steps+1, L] of 'kl' (0 at iteration 0),
-  and [steps, L] of 'objective', 'batch_acc', 'std_ratio_mean', 'std_ratio_max'. A run that ends
-  with NaN/inf parameters raises NumericalError, unless `raise_on_nonfinite=False` (then check
-  `finite_mask(qs)`).
+  and [steps, L] of 'objective', 'batch_acc', 'std_ratio_mean', 'std_ratio_max'. A run that produces
+  NaN/inf parameters raises NumericalError (naming the step; the last good checkpoint is kept), unless
+  `raise_on_nonfinite=False` (then check `finite_mask(qs)`).
   """
   validate_config(cfg)
   if not isinstance(source, ForgetBatches):
@@ -561,35 +664,59 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   if cfg.objective == "bad_teacher" and teacher is None:
     raise ConfigError("objective 'bad_teacher' needs a randomly initialised teacher: pass teacher= "
                       "(distruction.run builds it from ctx.model)")
-  step = _vmapped_forget_step(apply_fn, float(cfg.mean_eta), float(cfg.std_init), cfg.objective,
-                              int(cfg.mc_iters), cfg.bn_mode, cfg.vectorize, int(num_classes),
-                              float(cfg.max_std_ratio))
+  chunk_fn = _forget_chunk(apply_fn, float(cfg.mean_eta), float(cfg.std_init), cfg.objective,
+                           int(cfg.mc_iters), cfg.bn_mode, cfg.vectorize, int(num_classes),
+                           float(cfg.max_std_ratio), bool(cfg.matmul_convs))
   stack = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (num_l,) + jnp.shape(a)), t)  # noqa
-  q = stack(posterior)
+  steps = int(cfg.forget_steps)
+  every = int(cfg.checkpoint_every) or max(steps, 1)
   batch_stats = variables.get("batch_stats")
-  batch_stats = None if batch_stats is None else stack(batch_stats)
+  state = {"q": stack(posterior), "batch_stats": None if batch_stats is None else stack(batch_stats),
+           "step": jnp.asarray(0, jnp.int32), "key": _key_data(key),
+           "kl": jnp.zeros((steps + 1, num_l), jnp.float32),
+           **{k: jnp.zeros((steps, num_l), jnp.float32) for k in _HIST_KEYS}}
+  ckptr = None
+  if ckpt_dir and steps and int(cfg.checkpoint_every) > 0:
+    from jax_unlearn.train.checkpoint import Checkpointer  # noqa: PLC0415
+    ckptr = Checkpointer(_forget_ckpt_dir(ckpt_dir, cfg, lams, key, posterior, source))
+    if ckptr.latest_step() is not None:
+      state = ckptr.restore(state)
+      log(f"[distruction] resumed forgetting at step {int(state['step'])}/{steps} "
+          f"from {ckptr.directory}")
+  key = _wrap_key(state["key"], key)  # the PRNG state is part of the checkpoint
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
-  hist = {"kl": [np.zeros(num_l, np.float32)], "objective": [], "batch_acc": [],
-          "std_ratio_mean": [], "std_ratio_max": []}
   t0 = time.time()
-  for t in range(int(cfg.forget_steps)):
-    images, labels = source.batch(t)
-    q, batch_stats, m = step(q, batch_stats, posterior, jax.random.fold_in(key, t), images, labels,
-                             lams, teacher, mean, std)
-    m = jax.device_get(m)
-    for k in m:
-      hist[k].append(np.asarray(m[k], np.float32))
-    if (t + 1) % max(int(cfg.log_every), 1) == 0 or t + 1 == int(cfg.forget_steps):
-      log(f"[distruction] forget step {t + 1}/{cfg.forget_steps}: KL {np.round(m['kl'], 3).tolist()} "
-          f"E_q[U] {np.round(m['objective'], 4).tolist()} batch acc(mu) "
-          f"{np.round(m['batch_acc'], 1).tolist()} sigma_q/sigma_p max "
-          f"{np.round(m['std_ratio_max'], 3).tolist()} ({time.time() - t0:.1f}s)")
-  history = {k: np.stack(v) if v else np.zeros((0, num_l), np.float32) for k, v in hist.items()}
-  if raise_on_nonfinite and not finite_mask(q).all():
-    raise NumericalError("DiStruction forgetting produced NaN/inf parameters; raise "
-                         "--config.distruction.lam or lower mean_eta (keep max_std_ratio=1), and run "
-                         "again")
-  return q, batch_stats, history
+  start = int(state["step"])
+  for c0 in range(start, steps, every):
+    c1 = min(c0 + every, steps)
+    batches = [source.batch(t) for t in range(c0, c1)]  # each one checked: forget samples only
+    images = np.stack([b[0] for b in batches])
+    labels = np.stack([b[1] for b in batches])
+    q, bs, m = chunk_fn(state["q"], state["batch_stats"], posterior, key, jnp.int32(c0), images,
+                        labels, lams, teacher, mean, std)
+    new = dict(state, q=q, batch_stats=bs, step=jnp.asarray(c1, jnp.int32),
+               kl=state["kl"].at[c0 + 1:c1 + 1].set(m["kl"]),
+               **{k: state[k].at[c0:c1].set(m[k]) for k in _HIST_KEYS})
+    live = finite_mask(q)
+    if raise_on_nonfinite and not live.all():
+      kept = (f"the last good checkpoint (step {c0}) is kept in {ckptr.directory}"
+              if ckptr is not None and c0 > 0 else "no checkpoint was written yet")
+      raise NumericalError(
+          f"DiStruction forgetting produced NaN/inf parameters between steps {c0 + 1} and {c1}; "
+          f"{kept}: raise --config.distruction.lam or lower mean_eta (keep max_std_ratio=1), and run "
+          "again")
+    state = new
+    if ckptr is not None:
+      ckptr.save(c1, state)
+    last = jax.device_get({k: v[-1] for k, v in m.items()})
+    log(f"[distruction] forget step {c1}/{steps}: KL {np.round(last['kl'], 3).tolist()} "
+        f"E_q[U] {np.round(last['objective'], 4).tolist()} batch acc(mu) "
+        f"{np.round(last['batch_acc'], 1).tolist()} sigma_q/sigma_p max "
+        f"{np.round(last['std_ratio_max'], 3).tolist()} ({time.time() - t0:.1f}s)")
+  if ckptr is not None:
+    ckptr.close()
+  history = {k: np.asarray(jax.device_get(state[k]), np.float32) for k in ("kl",) + _HIST_KEYS}
+  return state["q"], state["batch_stats"], history
 
 
 def finite_mask(qs: BGDState) -> np.ndarray:
@@ -639,7 +766,7 @@ def _accuracy(model, variables, split, info) -> float:
 
 
 def lambda_sweep(model, variables, posterior, source, val_forget, val_retain, info, cfg, key, lams,
-                 teacher=None, log: Callable[[str], None] = print) -> dict:
+                 teacher=None, log: Callable[[str], None] = print, ckpt_dir: str | None = None) -> dict:
   """Chooses λ on validation data (SPEC §5.2: λ unknown): runs `forget` for all `lams` at once, then
   measures each μ_q on `val_forget` and `val_retain` (never test data). Among λ with forget-val
   accuracy <= cfg.sweep_max_forget_acc the best retain-val accuracy wins (ties: lower forget-val
@@ -650,7 +777,7 @@ def lambda_sweep(model, variables, posterior, source, val_forget, val_retain, in
   'history'} with `q`/`batch_stats` stacked over λ (use `take`)."""
   lams = [float(x) for x in lams]
   q, bs, hist = forget(model.apply, variables, posterior, source, info, cfg, key, lams, teacher, log=log,
-                       raise_on_nonfinite=False)
+                       raise_on_nonfinite=False, ckpt_dir=ckpt_dir)
   finite = finite_mask(q)
   if not finite.any():
     raise NumericalError("every lambda of the DiStruction sweep diverged to NaN/inf; add larger "
@@ -694,14 +821,15 @@ def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   if lam_values(cfg.lam_sweep):
     sweep = lambda_sweep(ctx.model, ctx.original, posterior, source, ctx.data.forget_val,
                          ctx.data.retain_val, info, cfg, k_forget, lam_values(cfg.lam_sweep), teacher,
-                         ctx.log)
+                         ctx.log, ckpt_dir=ctx.workdir)
     lams, i = sweep["lams"], sweep["chosen"]
     q, bs, hist = take(sweep["q"], i), take(sweep["batch_stats"], i), sweep["history"]
     extra = {"sweep": {k: sweep[k] for k in ("lams", "acc_forget_val", "acc_retain_val", "chosen_lam")}}
   else:
     lams, i = [float(cfg.lam)], 0
     qs, bss, hist = forget(ctx.model.apply, ctx.original, posterior, source, info, cfg, k_forget,
-                           teacher=teacher, num_classes=ctx.num_classes, log=ctx.log)
+                           teacher=teacher, num_classes=ctx.num_classes, log=ctx.log,
+                           ckpt_dir=ctx.workdir)
     q, bs = take(qs, 0), take(bss, 0)
   png, js = write_kl_curve(ctx.workdir, lams, hist["kl"])
   variables = unlearned_variables(q, bs)
