@@ -52,17 +52,36 @@ def run_app(main: Callable[[list], object]) -> None:
 
   `DEFINE_config_file` executes the config file during flag parsing: a missing file is deferred to
   `config_value`, but a syntax error or an exception inside `get_config` would otherwise end the
-  launcher with a traceback before `main` (and `run_main`) is reached. Exceptions from `main` itself
-  propagate unchanged."""
-  from absl import app
+  launcher with a traceback before `main` (and `run_main`) is reached. A flag value absl rejects
+  (`--config.train.lr=abc`, an unknown `--config.x`) is one line and exit 2 too, instead of absl's
+  'FATAL Flags parsing error' and exit 1. Exceptions from `main` itself propagate unchanged."""
+  from absl import app, flags
   started = []
+
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      msg = " ".join(str(e).split())[:300]
+      print(f"error: {msg}; fix that flag: config overrides take the type of the field in the config "
+            "file (e.g. --config.train.lr=0.05), and --helpfull lists every flag", file=sys.stderr,
+            flush=True)
+      sys.exit(2)
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a field that is not there
+      bad = [a for a in argv[1:] if a.startswith("--config.") and str(e).strip("'\"") in a]
+      if not bad:
+        raise
+      print(f"error: {bad[0].split('=')[0]} names no field of the config ({type(e).__name__}: {e}); fix that "
+            "flag: check the spelling against the config file, e.g. configs/digits.py",
+            file=sys.stderr, flush=True)
+      sys.exit(2)
 
   def wrapped(argv):
     started.append(True)
     return main(argv)
 
   try:
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=parse)
   except Exception as e:  # noqa: BLE001
     if started:
       raise

@@ -8,6 +8,7 @@ tests/test_data.py) are not repeated here.
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -113,6 +114,17 @@ def test_unwritable_workdir(tmp_path, capsys):
   # A directory nobody can create files in (works as root too, unlike chmod).
   line = _expect_user_error(lambda: api.load_setup(_config(), "/proc/jax_unlearn_w"), capsys)
   assert "is not writable" in line and "--workdir" in line
+
+
+@pytest.mark.parametrize("flag,needle", [("--config.train.lr=abc", "could not convert string to float"),
+                                         ("--config.train.no_such_field=1", "names no field")])
+def test_bad_flag_value_is_one_line_exit_2(tmp_path, flag, needle):
+  r = _run([sys.executable, "-m", "launch.unlearn", "--config=configs/digits.py", flag,
+            f"--workdir={tmp_path}/w"])
+  assert r.returncode == 2, r.stderr[-2000:]
+  line = _one_error_line(r.stderr)
+  assert needle in line and "fix that flag" in line
+  assert not os.path.exists(tmp_path / "w")  # nothing started
 
 
 def test_unreadable_config_file(tmp_path):
@@ -313,6 +325,28 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(trained, tmp_path):
   with pytest.raises(NumericalError, match="no checkpoint was written yet"):
     supervised.fit(setup.model, ds.train, ds.val, ds.info, bad, key, str(tmp_path / "c2"),
                    log=lambda s: None, name="original")
+
+
+def test_distill_nan_names_epoch_and_keeps_last_good_checkpoint(trained, tmp_path):
+  """An absurd student learning rate makes a distillation epoch (after the checkpointed warm-up) NaN:
+  the error names the phase, the epoch and the kept checkpoint of the epoch before."""
+  w_ref, _ = trained
+  wd = str(tmp_path / "w")
+  shutil.copytree(os.path.join(w_ref, "original"), os.path.join(wd, "original"))
+  c = _config()
+  c.method = "ispf"
+  c.ispf.update(dict(epochs=2, warmup=1, ngf=8, nz=16, loops_per_epoch=1, kd_steps=2, batch_size=32,
+                     checkpoint_every=1, plots=False, lr=1e12))
+  with pytest.raises(NumericalError) as e:
+    api.unlearn(c, wd, log=lambda s: None)
+  msg = str(e.value)
+  m = re.search(r"^\[ispf\] .* NaN/inf in epoch (\d) of 3 \(distillation loop\)", msg)
+  assert m and int(m.group(1)) >= 2, msg
+  bad = int(m.group(1))
+  assert f"last good checkpoint (epoch {bad - 1})" in msg and "--config.ispf.lr" in msg, msg
+  ck = os.path.join(api.run_dir(c, wd, "ispf"), "distill_ckpt")
+  assert checkpoint.Checkpointer(ck).latest_step() == bad - 1
+  assert not os.path.exists(os.path.join(wd, "metrics.json"))
 
 
 def test_same_command_twice_gives_identical_metrics(trained, tmp_path):

@@ -867,8 +867,12 @@ def run_strategy(ctx: base.UnlearnContext, strategy: Strategy) -> base.UnlearnRe
     rec["time_s"] = time.time() - t0
     if not (math.isfinite(rec["gen_loss"] or 0.0) and math.isfinite(rec["student_loss"] or 0.0)
             and _finite(state.s_params) and _finite(state.g_params)):
-      raise NumericalError(f"[{strategy.name}] a loss or parameter became NaN/inf in epoch {epoch + 1}; "
-                           "lower --config.ispf.lr or --config.ispf.lr_g")
+      saved = (ckptr.latest_step() if ckptr is not None else None) or 0
+      kept = (f"the last good checkpoint (epoch {saved}) is kept in {ckptr.directory}" if saved
+              else "no checkpoint was written yet")
+      raise NumericalError(f"[{strategy.name}] a loss or parameter became NaN/inf in epoch {epoch + 1} "
+                           f"of {total_epochs} (distillation loop); {kept}: lower --config.ispf.lr or "
+                           "--config.ispf.lr_g and run the same command again")
     distilled = epoch >= int(cfg.warmup) and not bool(state.last_skipped)
     evaluate = (int(cfg.eval_every) > 0 and distilled and (epoch + 1) % int(cfg.eval_every) == 0)
     if cfg.selection == "best_retain_test" and distilled:
