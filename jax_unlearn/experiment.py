@@ -28,6 +28,16 @@ def fingerprint(config) -> str:
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def shadow_dir(config, workdir: str) -> str:
+  """W/shadows/<forget tag>_seed<s>_<hash>: the MIA-II shadow models' checkpoint (resume and reuse).
+  The hash covers everything the shadows depend on: dataset, model, forget set, seed, metric config."""
+  d = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+       for k in ("dataset", "model", "forget", "metrics", "seed") if k in config}
+  h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+  return os.path.join(os.path.abspath(workdir), "shadows",
+                      f"{api.forget_tag(config)}_seed{int(config.seed)}_{h}")
+
+
 def _load_row(path: str, fp: str):
   if not os.path.exists(path):
     return None
@@ -78,7 +88,8 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         from jax_unlearn import metrics
         log("[experiment] building the metric suite (shadow models, retrain relearn time)")
         suite = metrics.MetricSuite(setup.model, setup.data, original_vars=original,
-                                    retrain_vars=retrain.variables, config=cfg)
+                                    retrain_vars=retrain.variables, config=cfg, log=log,
+                                    shadow_dir=shadow_dir(cfg, workdir))
       m = suite(result.variables)
       row = {"method": method, "forget_classes": [int(c) for c in cfg.forget.classes]
              if cfg.forget.mode != "random" else [], "seed": seed,

@@ -80,6 +80,7 @@ from jax_unlearn.errors import CheckpointError, ConfigError, DataError, Numerica
 from jax_unlearn.io import atomic_write_json
 from jax_unlearn.methods import base
 from jax_unlearn.optim.bgd import BGDState, bgd, bgd_expectations
+from jax_unlearn.train.checkpoint import key_data, wrap_key
 
 OBJECTIVES = ("entropy", "entropy_other", "neggrad", "bad_teacher", "random_label")
 BN_MODES = ("eval", "train")
@@ -311,7 +312,7 @@ def prepare(apply_fn, variables, train_split, info, cfg, key, seed: int = 0,
   seed = int(seed) + int(cfg.prep_seed_offset)
   epochs, every = int(cfg.prep_epochs), int(cfg.prep_checkpoint_every)
   ck = {"state": tx.init(variables["params"]), "epoch": jnp.asarray(0, jnp.int32),
-        "key": _key_data(key)}
+        "key": key_data(key)}
   history, ckptr, hist_path = [], None, None
   if ckpt_dir and every > 0 and epochs > 0:
     from jax_unlearn.train.checkpoint import Checkpointer  # noqa: PLC0415
@@ -322,7 +323,7 @@ def prepare(apply_fn, variables, train_split, info, cfg, key, seed: int = 0,
       history = [h for h in _read_json_list(hist_path) if h["epoch"] < int(ck["epoch"])]
       log(f"[distruction] resumed the preparation at epoch {int(ck['epoch'])}/{epochs} from "
           f"{ckptr.directory}")
-  state, key = ck["state"], _wrap_key(ck["key"], key)
+  state, key = ck["state"], wrap_key(ck["key"], key)
   steps_per_epoch = n // bs
   t0 = time.time()
   for epoch in range(int(ck["epoch"]), epochs):
@@ -606,16 +607,6 @@ def _forget_chunk(apply_fn, mean_eta, std_init, objective, num_samples, bn_mode,
   return jax.jit(chunk)
 
 
-def _key_data(key):
-  """Raw uint32 data of a typed (`jax.random.key`) or legacy (`PRNGKey`) key, for checkpoints."""
-  return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-
-
-def _wrap_key(data, like):
-  """Inverse of `_key_data`: a key of the same kind as `like`."""
-  return jax.random.wrap_key_data(data) if jnp.issubdtype(like.dtype, jax.dtypes.prng_key) else data
-
-
 _HIST_KEYS = ("objective", "batch_acc", "std_ratio_mean", "std_ratio_max")
 # Forgetting fields that change the result: part of the checkpoint directory's name.
 _FORGET_FIELDS = ("mean_eta", "std_init", "objective", "mc_iters", "bn_mode", "vectorize",
@@ -628,7 +619,7 @@ def _forget_ckpt_dir(ckpt_root: str, cfg, lams, key, posterior: BGDState, source
   posterior, forget set), so a changed config never resumes from another run's state."""
   h = hashlib.sha1(json.dumps({f: str(cfg[f]) for f in _FORGET_FIELDS}).encode())
   h.update(np.asarray(lams, np.float32).tobytes())
-  h.update(np.asarray(_key_data(key)).tobytes())
+  h.update(np.asarray(key_data(key)).tobytes())
   h.update(params_fingerprint(posterior.std).encode() + params_fingerprint(posterior.mean).encode())
   h.update(b"".join(sorted(source._fingerprints)))
   return os.path.join(ckpt_root, f"forget_{h.hexdigest()[:12]}")
@@ -672,7 +663,7 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   every = int(cfg.checkpoint_every) or max(steps, 1)
   batch_stats = variables.get("batch_stats")
   state = {"q": stack(posterior), "batch_stats": None if batch_stats is None else stack(batch_stats),
-           "step": jnp.asarray(0, jnp.int32), "key": _key_data(key),
+           "step": jnp.asarray(0, jnp.int32), "key": key_data(key),
            "kl": jnp.zeros((steps + 1, num_l), jnp.float32),
            **{k: jnp.zeros((steps, num_l), jnp.float32) for k in _HIST_KEYS}}
   ckptr = None
@@ -683,7 +674,7 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
       state = ckptr.restore(state)
       log(f"[distruction] resumed forgetting at step {int(state['step'])}/{steps} "
           f"from {ckptr.directory}")
-  key = _wrap_key(state["key"], key)  # the PRNG state is part of the checkpoint
+  key = wrap_key(state["key"], key)  # the PRNG state is part of the checkpoint
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
   t0 = time.time()
   start = int(state["step"])

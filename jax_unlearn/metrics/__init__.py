@@ -129,16 +129,20 @@ class MetricSuite:
   models and attack on the first `mia_ii` use, Retrain's relearn count on the first `ain` use.
 
   `shadow` (a trained `ShadowModels`, e.g. restored from a cache) and `attack` (a fitted `Attack`)
-  skip the corresponding work. `key` seeds the shadows (default: PRNGKey(metric seed)).
+  skip the corresponding work. `key` seeds the shadows (default: PRNGKey(metric seed)). `shadow_dir`:
+  the shadows are trained with a per-epoch orbax checkpoint there (exact resume after a kill) and a
+  finished one is reused; it must be specific to the data, model and metric config
+  (`jax_unlearn.experiment` names it so).
   """
 
   def __init__(self, model, data, *, original_vars, retrain_vars=None, config=None,
                shadow: ShadowModels | None = None, attack: Attack | None = None, key=None,
-               log: Callable[[str], None] = print):
+               log: Callable[[str], None] = print, shadow_dir: str | None = None):
     self.model, self.data, self.original, self.retrain = model, data, original_vars, retrain_vars
     self.cfg, self.seed = resolve_config(config)
     self.key = jax.random.PRNGKey(self.seed) if key is None else key
     self.log = log
+    self.shadow_dir = shadow_dir
     self._shadow, self._attack = shadow, attack
     self._target = self._relearn_retrain = self._retrain_kl_logits = None
     self._relearn_set = None
@@ -158,7 +162,8 @@ class MetricSuite:
           self.model, self.data, self.key, num_shadow=c.num_shadow, epochs=c.shadow_epochs,
           lr=c.shadow_lr, momentum=c.shadow_momentum, weight_decay=c.shadow_weight_decay,
           batch_size=c.shadow_batch_size, augment=None if c.shadow_augment else False, seed=self.seed,
-          max_eval=c.mia_ii_max_eval, vmapped=bool(c.shadow_vmap))
+          max_eval=c.mia_ii_max_eval, vmapped=bool(c.shadow_vmap), ckpt_dir=self.shadow_dir,
+          log=self.log)
       self.log(f"[metrics] trained {c.num_shadow} shadow models on a pool of "
                f"{self._shadow.in_mask.shape[1]} images, last-epoch loss {self._shadow.final_loss:.4f} "
                f"({time.time() - t0:.1f}s)")

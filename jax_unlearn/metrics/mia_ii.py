@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -175,11 +175,13 @@ def shadow_train_step(apply_fn, tx, augment: bool, state, idx, key, images, labe
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "lr", "momentum", "weight_decay", "augment",
                                              "vmapped"))
-def train_shadows_scan(apply_fn, state, idx, keys, images, labels, mean, std, *, lr: float,
+def train_shadows_scan(apply_fn, state, idx, keys, images, labels, mean, std, t0=0, *, lr: float,
                        momentum: float, weight_decay: float, augment: bool, vmapped: bool = True):
   """Runs all steps of `idx` with `lax.scan`. vmapped=True: `state` is stacked over S shadows, `idx` is
   [T, S, B], `keys` [S]; the step is `jax.vmap(shadow_train_step)`. vmapped=False: one shadow, `idx`
-  [T, B], `keys` a single key. Step t uses `fold_in(key, t)`. Returns (state, losses [T, (S)])."""
+  [T, B], `keys` a single key. Row t of `idx` is global step t0 + t and uses `fold_in(key, t0 + t)`,
+  so a schedule run in pieces (one epoch at a time) equals one scan over it. Returns
+  (state, losses [T, (S)])."""
   tx = shadow_optimizer(lr, momentum, weight_decay)
   step = functools.partial(shadow_train_step, apply_fn, tx, augment)
 
@@ -194,7 +196,7 @@ def train_shadows_scan(apply_fn, state, idx, keys, images, labels, mean, std, *,
     k = jax.vmap(jax.random.fold_in, (0, None))(keys, t) if vmapped else jax.random.fold_in(keys, t)
     return one(state, idx_t, k)
 
-  return jax.lax.scan(body, state, (jnp.arange(idx.shape[0]), idx))
+  return jax.lax.scan(body, state, (t0 + jnp.arange(idx.shape[0]), idx))
 
 
 def _init_state(model, key, image_shape, tx):
@@ -209,12 +211,19 @@ def _stack(trees):
 def train_shadow_models(model, data, key, *, num_shadow: int = 4, epochs: int = 30, lr: float = 0.05,
                         momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 64,
                         augment: bool | None = None, seed: int = 0, max_eval: int = 5000,
-                        vmapped: bool = True) -> ShadowModels:
+                        vmapped: bool = True, ckpt_dir: str | None = None,
+                        log: Callable[[str], None] | None = None) -> ShadowModels:
   """Trains S shadows of `model`'s architecture on random halves of the shadow pool (module docstring).
 
   `key` seeds the shadows' initialisations and augmentation; `seed` the pools, halves and shuffles.
   `augment=None` follows `data.info.augment`. `vmapped=False` trains the shadows one after another
   with the same per-shadow keys and batches (the reference the vmapped path is tested against).
+
+  `ckpt_dir` (issue 8): the scan runs one epoch at a time and after each epoch the stacked state, the
+  epoch, the losses so far and the step keys are saved with orbax; a run started again resumes from the
+  latest epoch and ends with exactly the shadows of an uninterrupted run. A finished `ckpt_dir` is
+  reused without training. A NaN/inf loss or parameter stops with NumericalError naming the epoch and
+  the kept checkpoint (that epoch is not saved).
   """
   if num_shadow < 1:
     raise ConfigError(f"MIA-II needs at least one shadow model, got {num_shadow}; set "
@@ -236,20 +245,76 @@ def train_shadow_models(model, data, key, *, num_shadow: int = 4, epochs: int = 
   args = (jnp.asarray(images), jnp.asarray(labels), jnp.asarray(data.info.mean, jnp.float32),
           jnp.asarray(data.info.std, jnp.float32))
   kw = dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay), augment=augment)
-  with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
-    if vmapped:
-      state, losses = train_shadows_scan(model.apply, _stack(states), jnp.asarray(idx), step_keys, *args,
-                                         vmapped=True, **kw)
-    else:
-      outs = [train_shadows_scan(model.apply, states[s], jnp.asarray(idx[:, s]), step_keys[s], *args,
-                                 vmapped=False, **kw) for s in range(num_shadow)]
-      state, losses = _stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs], axis=1)
+  if ckpt_dir is not None:
+    state, losses = _train_shadows_checkpointed(model.apply, _stack(states), idx, step_keys, args, kw,
+                                                vmapped, epochs, ckpt_dir, log or (lambda m: None))
+  else:
+    state, losses = _train_shadows(model.apply, states, idx, step_keys, args, kw, vmapped)
   params, bstats, _ = state
   spe = max(1, idx.shape[0] // max(epochs, 1))
   final_loss = float(jnp.mean(losses[-spe:])) if losses.shape[0] else float("nan")
   variables = {"params": params, "batch_stats": bstats} if bstats else {"params": params}
   return dataclasses.replace(shadow, variables=jax.device_get(variables), in_mask=in_mask,
                              final_loss=final_loss, losses=np.asarray(losses))
+
+
+def _train_shadows(apply_fn, states, idx, step_keys, args, kw, vmapped):
+  """All steps in one scan (vmapped over the shadows, or one shadow after another)."""
+  num_shadow = len(states)
+  with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
+    if vmapped:
+      state, losses = train_shadows_scan(apply_fn, _stack(states), jnp.asarray(idx), step_keys, *args,
+                                         vmapped=True, **kw)
+    else:
+      outs = [train_shadows_scan(apply_fn, states[s], jnp.asarray(idx[:, s]), step_keys[s], *args,
+                                 vmapped=False, **kw) for s in range(num_shadow)]
+      state, losses = _stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs], axis=1)
+  return state, losses
+
+
+def _finite(tree) -> bool:
+  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def _train_shadows_checkpointed(apply_fn, state, idx, step_keys, args, kw, vmapped, epochs, ckpt_dir,
+                                log):
+  """`_train_shadows` one epoch per scan, with an orbax checkpoint after every epoch."""
+  from jax_unlearn.errors import NumericalError  # noqa: PLC0415
+  from jax_unlearn.train.checkpoint import Checkpointer, key_data, wrap_key  # noqa: PLC0415
+  t_total, s_count = idx.shape[0], idx.shape[1]
+  spe = t_total // max(epochs, 1)
+  ck = {"state": state, "epoch": jnp.asarray(0, jnp.int32),
+        "losses": jnp.zeros((t_total, s_count), jnp.float32), "keys": key_data(step_keys)}
+  ckptr = Checkpointer(ckpt_dir)
+  if ckptr.latest_step() is not None:
+    ck = ckptr.restore(ck)
+    done = int(ck["epoch"])
+    log(f"[mia_ii shadows] {'reused the finished' if done >= epochs else 'resumed at epoch'} "
+        f"{done}/{epochs} from {ckptr.directory}")
+  state, keys = ck["state"], wrap_key(ck["keys"], step_keys)
+  with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
+    for epoch in range(int(ck["epoch"]), epochs):
+      lo, hi = epoch * spe, (epoch + 1) * spe
+      if vmapped:
+        state, losses = train_shadows_scan(apply_fn, state, jnp.asarray(idx[lo:hi]), keys, *args,
+                                           jnp.int32(lo), vmapped=True, **kw)
+      else:
+        outs = [train_shadows_scan(apply_fn, jax.tree.map(lambda a, s=s: a[s], state),
+                                   jnp.asarray(idx[lo:hi, s]), keys[s], *args, jnp.int32(lo),
+                                   vmapped=False, **kw) for s in range(s_count)]
+        state, losses = _stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs], axis=1)
+      if not (_finite(losses) and _finite(state[0])):
+        last = int(ck["epoch"])
+        kept = (f"the last good checkpoint (epoch {last}) is kept in {ckptr.directory}" if last
+                else "no checkpoint was written yet")
+        raise NumericalError(
+            f"[mia_ii shadows] a loss or parameter became NaN/inf in epoch {epoch + 1} (steps "
+            f"{lo + 1}-{hi}); {kept}: lower --config.metrics.shadow_lr and run the same command again")
+      ck = {"state": state, "epoch": jnp.asarray(epoch + 1, jnp.int32),
+            "losses": ck["losses"].at[lo:hi].set(losses), "keys": ck["keys"]}
+      ckptr.save(epoch + 1, ck)
+  ckptr.close()
+  return ck["state"], ck["losses"][:epochs * spe]
 
 
 # ------------------------------------------------------------------------------------- attack

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from jax_unlearn.errors import CheckpointError
@@ -62,6 +63,17 @@ def _quiet_failed_restore(drain_seconds: float = 0.5):
       if data:
         os.write(2, data)
     buf.close()
+
+
+def key_data(key):
+  """Raw uint32 data of a typed (`jax.random.key`) or legacy (`PRNGKey`) key: what a checkpoint stores
+  (orbax saves arrays, not typed keys)."""
+  return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
+def wrap_key(data, like):
+  """Inverse of `key_data`: a key of the same kind (typed or legacy) as `like`."""
+  return jax.random.wrap_key_data(data) if jnp.issubdtype(like.dtype, jax.dtypes.prng_key) else data
 
 
 class Checkpointer:

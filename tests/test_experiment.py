@@ -1,0 +1,49 @@
+"""The main job (`launch.experiment`) at toy size: results table, cached rows, and the MIA-II shadow
+checkpoint that a second launch reuses (issue 8: shadow models resume instead of retraining)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from jax_unlearn import experiment
+
+
+
+def _config():
+  from configs import digits
+  c = digits.get_config()
+  c.train.epochs = 1
+  c.model.width = 0.125
+  c.methods = ("original", "finetune")
+  c.finetune.epochs = 1
+  c.metrics.num_shadow = 2
+  c.metrics.shadow_epochs = 2
+  c.metrics.ain_max_epochs = 1
+  return c
+
+
+def test_experiment_writes_table_and_reuses_rows_and_shadows(tmp_path):
+  wd = str(tmp_path)
+  logs = []
+  res = experiment.run(_config(), wd, log=logs.append)
+  rows = res["rows"] if isinstance(res, dict) and "rows" in res else None
+  with open(os.path.join(wd, "results.json")) as f:
+    table = json.load(f)
+  methods = [r["method"] for r in (rows or table["rows"])]
+  assert methods == ["original", "finetune"], methods
+  for r in rows or table["rows"]:
+    assert 0.0 <= r["acc_forget"] <= 100.0 and 0.0 <= r["acc_retain"] <= 100.0
+  (sdir,) = glob.glob(os.path.join(wd, "shadows", "class-*_seed0_*"))
+  assert sorted(int(p) for p in os.listdir(sdir) if p.isdigit())[-1] == 2  # per-epoch checkpoint
+  # Second launch: every row is cached and the finished shadows are not trained again.
+  os.remove(os.path.join(wd, "runs", "class-3_seed0", "finetune", "row.json"))
+  logs2 = []
+  experiment.run(_config(), wd, log=logs2.append)
+  assert any("1/2 original: cached" in m for m in logs2), logs2
+  assert any("reused the finished 2/2" in m for m in logs2), logs2
+  with open(os.path.join(wd, "results.json")) as f:
+    again = json.load(f)
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "info")} for r in rows]  # noqa
+  assert strip(again["rows"]) == strip(table["rows"])

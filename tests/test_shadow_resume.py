@@ -1,0 +1,118 @@
+"""MIA-II shadow models: per-epoch orbax checkpoints, exact resume, reuse, NaN and corruption (issue 8)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from jax_unlearn.errors import CheckpointError, NumericalError
+from jax_unlearn.metrics import mia_ii
+from jax_unlearn.train import checkpoint
+
+from tests.test_metrics import TinyNet, make_data
+
+KW = dict(num_shadow=2, epochs=3, lr=0.05, batch_size=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+  return make_data()
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+  """One scan over all steps, no checkpoint (the path without `ckpt_dir`)."""
+  return mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), **KW)
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def _equal(a, b):
+  chex.assert_trees_all_equal(a.variables, b.variables)
+  np.testing.assert_array_equal(a.losses, b.losses)
+  np.testing.assert_array_equal(a.in_mask, b.in_mask)
+  assert a.final_loss == b.final_loss
+
+
+@pytest.mark.parametrize("vmapped", [True, False])
+def test_epoch_checkpointed_run_equals_one_scan(data, reference, tmp_path, vmapped):
+  got = mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), vmapped=vmapped,
+                                   ckpt_dir=str(tmp_path), **KW)
+  chex.assert_shape(got.losses, reference.losses.shape)
+  if vmapped:
+    _equal(got, reference)  # the same steps and keys, one epoch per scan
+  else:  # one shadow after another: the same arithmetic up to float rounding (test_metrics)
+    chex.assert_trees_all_close(got.variables, reference.variables, atol=1e-5, rtol=1e-5)
+  assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == KW["epochs"]
+
+
+def _interrupted_after_epoch_1(data, d, monkeypatch):
+  real, saves = checkpoint.Checkpointer.save, []
+
+  def save(self, step, state):
+    saves.append(step)
+    if len(saves) > 1:
+      raise _Interrupt(step)  # a kill right after epoch 1 was committed
+    real(self, step, state)
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+  with pytest.raises(_Interrupt):
+    mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=d, **KW)
+  monkeypatch.undo()
+
+
+def test_interrupted_run_resumes_exactly(data, reference, tmp_path, monkeypatch):
+  _interrupted_after_epoch_1(data, str(tmp_path), monkeypatch)
+  assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 1
+  logs = []
+  got = mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=str(tmp_path),
+                                   log=logs.append, **KW)
+  assert any("resumed at epoch 1/3" in m for m in logs), logs
+  _equal(got, reference)
+
+
+def test_finished_checkpoint_is_reused_without_training(data, reference, tmp_path, monkeypatch):
+  mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=str(tmp_path), **KW)
+
+  def no_training(*a, **k):
+    raise AssertionError("the finished shadows were trained again")
+  monkeypatch.setattr(mia_ii, "train_shadows_scan", no_training)
+  logs = []
+  got = mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=str(tmp_path),
+                                   log=logs.append, **KW)
+  assert any("reused the finished 3/3" in m for m in logs), logs
+  _equal(got, reference)
+
+
+def test_nan_names_epoch_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+  d = str(tmp_path)
+  _interrupted_after_epoch_1(data, d, monkeypatch)
+  # The same shadows resumed with an absurd learning rate: epoch 2 diverges.
+  with pytest.raises(NumericalError) as e:
+    mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=d,
+                               **{**KW, "lr": 1e12})
+  msg = str(e.value)
+  assert msg.startswith("[mia_ii shadows]") and "in epoch 2 (steps" in msg, msg
+  assert f"last good checkpoint (epoch 1) is kept in {d}" in msg and "shadow_lr" in msg, msg
+  assert checkpoint.Checkpointer(d).latest_step() == 1
+  with pytest.raises(NumericalError, match="no checkpoint was written yet"):
+    mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=str(tmp_path / "n"),
+                               **{**KW, "lr": 1e12})
+
+
+def test_corrupted_checkpoint_is_reported(data, tmp_path):
+  d = str(tmp_path)
+  mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=d, **KW)
+  files = [f for f in glob.glob(os.path.join(d, "3", "**", "*"), recursive=True)
+           if os.path.isfile(f) and "/d/" in f]
+  assert files
+  for f in files:
+    os.truncate(f, 3)
+  with pytest.raises(CheckpointError, match="corrupted"):
+    mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=d, **KW)
