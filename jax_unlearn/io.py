@@ -41,6 +41,16 @@ def atomic_write_json(path: str, obj) -> None:
   atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
 
 
+def read_json_list(path: str) -> list:
+  """A JSON list written by `atomic_write_json` (e.g. a phase's per-epoch history next to its
+  checkpoints), or [] if there is none yet: written atomically, it is absent, never truncated."""
+  try:
+    with open(path) as f:
+      return list(json.load(f))
+  except (OSError, ValueError):
+    return []
+
+
 def append_jsonl(path: str, obj) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "a") as f:

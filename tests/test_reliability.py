@@ -253,6 +253,39 @@ def test_distill_kill_and_resume_matches_uninterrupted(trained, tmp_path):
   assert out["killed"] == out["full"]
 
 
+@pytest.mark.slow
+def test_distruction_kill_and_resume_matches_uninterrupted(trained, tmp_path):
+  """SIGKILL during the BGD preparation, and (separately) during forgetting: the same command resumes
+  the phase from its last checkpoint and writes exactly the uninterrupted run's metrics."""
+  w_ref, _ = trained
+  dis = ("--config.method=distruction", "--config.distruction.prep_epochs=3")
+  out, logs = {}, {}
+  for name, pattern in (("full", None),
+                        ("prep", "original/seed0/distruction_posterior_*_ckpt_*/1/commit_success.txt"),
+                        ("forget", "runs/*/distruction/forget_*/10/commit_success.txt")):
+    wd = str(tmp_path / name)
+    shutil.copytree(os.path.join(w_ref, "original"), os.path.join(wd, "original"))
+    if name == "forget":  # the posterior prepared by the uninterrupted run
+      for f in glob.glob(os.path.join(str(tmp_path / "full"), "original", "seed0", "*.msgpack")):
+        shutil.copy(f, os.path.join(wd, "original", "seed0"))
+    cmd = _cmd("launch.unlearn", wd, *dis)
+    if pattern:
+      _kill_once_checkpointed(cmd, os.path.join(wd, pattern))
+      assert not os.path.exists(os.path.join(wd, "metrics.json"))
+    r = _run(cmd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    logs[name] = r.stdout
+    with open(os.path.join(wd, "metrics.json")) as f:
+      out[name] = _strip_timing(json.load(f))
+  assert "resumed the preparation at epoch 1/3" in logs["prep"], logs["prep"]
+  assert "resumed forgetting at step 10/40" in logs["forget"], logs["forget"]
+  # Paths of the run's own plots and its forgetting wall time differ; everything else must not.
+  drop = lambda m: {**m, "info": {k: v for k, v in m["info"].items()  # noqa: E731
+                                  if "curve" not in k and k != "forget_s"}}
+  assert drop(out["prep"]) == drop(out["full"])
+  assert drop(out["forget"]) == drop(out["full"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Atomic results, NaN detection, determinism.
 

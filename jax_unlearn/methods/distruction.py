@@ -77,7 +77,7 @@ import optax
 
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import CheckpointError, ConfigError, DataError, NumericalError
-from jax_unlearn.io import atomic_write_json
+from jax_unlearn.io import atomic_write_json, read_json_list
 from jax_unlearn.methods import base
 from jax_unlearn.optim.bgd import BGDState, bgd, bgd_expectations
 from jax_unlearn.train.checkpoint import key_data, wrap_key
@@ -320,7 +320,7 @@ def prepare(apply_fn, variables, train_split, info, cfg, key, seed: int = 0,
     hist_path = os.path.join(ckptr.directory, "history.json")
     if ckptr.latest_step() is not None:
       ck = ckptr.restore(ck)
-      history = [h for h in _read_json_list(hist_path) if h["epoch"] < int(ck["epoch"])]
+      history = [h for h in read_json_list(hist_path) if h["epoch"] < int(ck["epoch"])]
       log(f"[distruction] resumed the preparation at epoch {int(ck['epoch'])}/{epochs} from "
           f"{ckptr.directory}")
   state, key = ck["state"], wrap_key(ck["key"], key)
@@ -360,14 +360,6 @@ def prepare(apply_fn, variables, train_split, info, cfg, key, seed: int = 0,
   if float(cfg.prep_mean_eta) == 0:
     state = BGDState(mean=variables["params"], std=state.std)  # the very same arrays: μ_p = θ_o
   return state, history
-
-
-def _read_json_list(path: str) -> list:
-  try:
-    with open(path) as f:
-      return list(json.load(f))
-  except (OSError, ValueError):  # written atomically; absent if the kill came before the first save
-    return []
 
 
 def params_fingerprint(params) -> str:

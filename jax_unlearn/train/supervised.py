@@ -23,7 +23,7 @@ from flax.training import train_state
 
 from jax_unlearn import data as data_lib
 from jax_unlearn.errors import NumericalError
-from jax_unlearn.io import atomic_write_json
+from jax_unlearn.io import atomic_write_json, read_json_list
 from jax_unlearn.models import init_variables
 from jax_unlearn.train import sharding
 from jax_unlearn.train.checkpoint import Checkpointer
@@ -93,14 +93,6 @@ def _finite(tree) -> bool:
   return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
 
 
-def _read_history(path: str) -> list:
-  try:
-    with open(path) as f:
-      return list(json.load(f))
-  except (OSError, ValueError):  # written atomically; missing only for checkpoints of older versions
-    return []
-
-
 def fit(model, train: data_lib.Split, val: data_lib.Split, info, train_cfg, key, ckpt_dir: str,
         log: Callable[[str], None] = print, name: str = "train", seed: int = 0):
   """Trains `model` from a fresh initialisation drawn from `key`; returns (best variables, history).
@@ -124,7 +116,7 @@ def fit(model, train: data_lib.Split, val: data_lib.Split, info, train_cfg, key,
   history_path = os.path.join(ckptr.directory, "history.json")
   if ckptr.latest_step() is not None:
     ck = ckptr.restore(ck)
-    history = [h for h in _read_history(history_path) if h["epoch"] <= int(ck.epoch)]
+    history = [h for h in read_json_list(history_path) if h["epoch"] <= int(ck.epoch)]
     log(f"[{name}] resumed from epoch {int(ck.epoch)} (best val acc {float(ck.best_acc):.2f}%)")
   ck = sharding.replicate(ck)
   state = ck.state
