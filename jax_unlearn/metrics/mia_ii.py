@@ -249,7 +249,8 @@ def train_shadow_models(model, data, key, *, num_shadow: int = 4, epochs: int = 
     state, losses = _train_shadows_checkpointed(model.apply, _stack(states), idx, step_keys, args, kw,
                                                 vmapped, epochs, ckpt_dir, log or (lambda m: None))
   else:
-    state, losses = _train_shadows(model.apply, states, idx, step_keys, args, kw, vmapped)
+    with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
+      state, losses = _scan_steps(model.apply, _stack(states), idx, step_keys, args, kw, vmapped, 0)
   params, bstats, _ = state
   spe = max(1, idx.shape[0] // max(epochs, 1))
   final_loss = float(jnp.mean(losses[-spe:])) if losses.shape[0] else float("nan")
@@ -258,18 +259,16 @@ def train_shadow_models(model, data, key, *, num_shadow: int = 4, epochs: int = 
                              final_loss=final_loss, losses=np.asarray(losses))
 
 
-def _train_shadows(apply_fn, states, idx, step_keys, args, kw, vmapped):
-  """All steps in one scan (vmapped over the shadows, or one shadow after another)."""
-  num_shadow = len(states)
-  with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
-    if vmapped:
-      state, losses = train_shadows_scan(apply_fn, _stack(states), jnp.asarray(idx), step_keys, *args,
-                                         vmapped=True, **kw)
-    else:
-      outs = [train_shadows_scan(apply_fn, states[s], jnp.asarray(idx[:, s]), step_keys[s], *args,
-                                 vmapped=False, **kw) for s in range(num_shadow)]
-      state, losses = _stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs], axis=1)
-  return state, losses
+def _scan_steps(apply_fn, state, idx, keys, args, kw, vmapped, t0):
+  """Steps t0 .. t0 + len(idx) - 1 of the stacked shadows: one vmapped scan, or one scan per shadow
+  (the same keys and batches). Call under `loop_safe_convs()`. Returns (state, losses [T, S])."""
+  if vmapped:
+    return train_shadows_scan(apply_fn, state, jnp.asarray(idx), keys, *args, jnp.int32(t0),
+                              vmapped=True, **kw)
+  outs = [train_shadows_scan(apply_fn, jax.tree.map(lambda a, s=s: a[s], state),
+                             jnp.asarray(idx[:, s]), keys[s], *args, jnp.int32(t0), vmapped=False, **kw)
+          for s in range(idx.shape[1])]
+  return _stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs], axis=1)
 
 
 def _finite(tree) -> bool:
@@ -278,7 +277,7 @@ def _finite(tree) -> bool:
 
 def _train_shadows_checkpointed(apply_fn, state, idx, step_keys, args, kw, vmapped, epochs, ckpt_dir,
                                 log):
-  """`_train_shadows` one epoch per scan, with an orbax checkpoint after every epoch."""
+  """`_scan_steps` one epoch at a time, with an orbax checkpoint after every epoch."""
   from jax_unlearn.errors import NumericalError  # noqa: PLC0415
   from jax_unlearn.train.checkpoint import Checkpointer, key_data, wrap_key  # noqa: PLC0415
   t_total, s_count = idx.shape[0], idx.shape[1]
@@ -295,14 +294,7 @@ def _train_shadows_checkpointed(apply_fn, state, idx, step_keys, args, kw, vmapp
   with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
     for epoch in range(int(ck["epoch"]), epochs):
       lo, hi = epoch * spe, (epoch + 1) * spe
-      if vmapped:
-        state, losses = train_shadows_scan(apply_fn, state, jnp.asarray(idx[lo:hi]), keys, *args,
-                                           jnp.int32(lo), vmapped=True, **kw)
-      else:
-        outs = [train_shadows_scan(apply_fn, jax.tree.map(lambda a, s=s: a[s], state),
-                                   jnp.asarray(idx[lo:hi, s]), keys[s], *args, jnp.int32(lo),
-                                   vmapped=False, **kw) for s in range(s_count)]
-        state, losses = _stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs], axis=1)
+      state, losses = _scan_steps(apply_fn, state, idx[lo:hi], keys, args, kw, vmapped, lo)
       if not (_finite(losses) and _finite(state[0])):
         last = int(ck["epoch"])
         kept = (f"the last good checkpoint (epoch {last}) is kept in {ckptr.directory}" if last
