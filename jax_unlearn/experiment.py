@@ -28,12 +28,23 @@ def fingerprint(config) -> str:
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# config.metrics fields the shadows depend on (besides every `shadow_*` field): count, pools, seed.
+_SHADOW_METRIC_FIELDS = ("num_shadow", "mia_ii_max_eval", "seed_offset")
+
+
 def shadow_dir(config, workdir: str) -> str:
   """W/shadows/<forget tag>_seed<s>_<hash>: the MIA-II shadow models' checkpoint (resume and reuse).
-  The hash covers everything the shadows depend on: dataset, model, forget set, seed, metric config."""
-  d = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-       for k in ("dataset", "model", "forget", "metrics", "seed") if k in config}
-  h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+  The hash covers exactly what `train_shadow_models` depends on: the data (dataset fields except
+  where it is read from), the model, the forget set, the seed and the shadow fields of the resolved
+  metric config (defaults included), so changing e.g. the AIN settings or `metrics.names` reuses them."""
+  from jax_unlearn import metrics  # noqa: PLC0415 (heavy import, only when the suite is built)
+  mcfg, mseed = metrics.resolve_config(config)
+  dataset = {k: v for k, v in config.dataset.to_dict().items() if k not in ("data_dir", "download")}
+  shadow_fields = {k: mcfg[k] for k in mcfg if k.startswith("shadow_") or k in _SHADOW_METRIC_FIELDS}
+  d = {"dataset": dataset, "model": config.model.to_dict(), "forget": config.forget.to_dict(),
+       "seed": int(config.seed), "metric_seed": mseed, "metrics": shadow_fields}
+  h = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
   return os.path.join(os.path.abspath(workdir), "shadows",
                       f"{api.forget_tag(config)}_seed{int(config.seed)}_{h}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import chex
 import jax
@@ -16,7 +17,9 @@ from jax_unlearn.train import checkpoint
 
 from tests.test_metrics import TinyNet, make_data
 
-KW = dict(num_shadow=2, epochs=3, lr=0.05, batch_size=16, seed=0)
+# augment=True: the step keys (fold_in(key, t)) are used, so a resume that lost or shifted the PRNG
+# state would change the shadows.
+KW = dict(num_shadow=2, epochs=3, lr=0.05, batch_size=16, seed=0, augment=True)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +46,16 @@ def _equal(a, b):
 
 @pytest.mark.parametrize("vmapped", [True, False])
 def test_epoch_checkpointed_run_equals_one_scan(data, reference, tmp_path, vmapped):
+  one_scan = reference if vmapped else mia_ii.train_shadow_models(
+      TinyNet(), data, jax.random.PRNGKey(5), vmapped=False, **KW)
+  logs = []
   got = mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), vmapped=vmapped,
-                                   ckpt_dir=str(tmp_path), **KW)
-  chex.assert_shape(got.losses, reference.losses.shape)
-  if vmapped:
-    _equal(got, reference)  # the same steps and keys, one epoch per scan
-  else:  # one shadow after another: the same arithmetic up to float rounding (test_metrics)
-    chex.assert_trees_all_close(got.variables, reference.variables, atol=1e-5, rtol=1e-5)
+                                   ckpt_dir=str(tmp_path), log=logs.append, **KW)
+  chex.assert_shape(got.losses, (reference.losses.shape[0], KW["num_shadow"]))
+  assert reference.losses.shape[0] % KW["epochs"] == 0
+  _equal(got, one_scan)  # the same steps and keys, one epoch per scan: bit-identical
   assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == KW["epochs"]
+  assert sum("(checkpointed)" in m for m in logs) == KW["epochs"], logs
 
 
 def _interrupted_after_epoch_1(data, d, monkeypatch):
@@ -90,22 +95,31 @@ def test_finished_checkpoint_is_reused_without_training(data, reference, tmp_pat
   _equal(got, reference)
 
 
-def test_nan_names_epoch_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
-  d = str(tmp_path)
+def test_nan_names_epoch_and_keeps_last_good_checkpoint(data, reference, tmp_path, monkeypatch):
+  d = str(tmp_path / "k")
   _interrupted_after_epoch_1(data, d, monkeypatch)
+  t_total = reference.losses.shape[0]
+  spe = t_total // KW["epochs"]
   # The same shadows resumed with an absurd learning rate: epoch 2 diverges.
   with pytest.raises(NumericalError) as e:
     mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=d,
                                **{**KW, "lr": 1e12})
   msg = str(e.value)
-  assert msg.startswith("[mia_ii shadows]") and "in epoch 2 (steps" in msg, msg
+  assert "\n" not in msg and msg.startswith("[mia_ii shadows] "), msg
+  m = re.search(rf"became (nan|inf) (at|after) step (\d+)(?: \(of {t_total}\))? in epoch 2/3", msg)
+  assert m and spe < int(m.group(3)) <= 2 * spe, msg  # a step of epoch 2, 1-based
   assert f"last good checkpoint (epoch 1) is kept in {d}" in msg and "shadow_lr" in msg, msg
   assert checkpoint.Checkpointer(d).latest_step() == 1
-  with pytest.raises(NumericalError, match="no checkpoint was written yet"):
+  # The kept checkpoint is still good: the sane run resumes from it and ends as the reference.
+  _equal(mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=d, **KW), reference)
+  with pytest.raises(NumericalError, match="in epoch 1/3; no checkpoint was written yet"):
     mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=str(tmp_path / "n"),
                                **{**KW, "lr": 1e12})
+  assert checkpoint.Checkpointer(str(tmp_path / "n")).latest_step() is None
 
 
+# orbax's tensorstore reads outlive the failed restore and log to a closed event loop (checkpoint.py).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupted_checkpoint_is_reported(data, tmp_path):
   d = str(tmp_path)
   mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=d, **KW)
@@ -114,5 +128,28 @@ def test_corrupted_checkpoint_is_reported(data, tmp_path):
   assert files
   for f in files:
     os.truncate(f, 3)
-  with pytest.raises(CheckpointError, match="corrupted"):
+  with pytest.raises(CheckpointError, match="corrupted") as e:
     mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=d, **KW)
+  assert "\n" not in str(e.value) and "delete that directory" in str(e.value), str(e.value)
+
+
+def test_experiment_shadow_dir_follows_exactly_the_shadow_inputs():
+  """The experiment's shadow checkpoint dir changes with what the shadows depend on, and only that."""
+  from configs import digits
+  from jax_unlearn import experiment
+
+  def sdir(**changes):
+    c = digits.get_config()
+    for path, v in changes.items():
+      sub, field = path.split("__")
+      c[sub][field] = v
+    return experiment.shadow_dir(c, "/w")
+
+  base = sdir()
+  assert base.startswith("/w/shadows/class-3_seed0_"), base
+  for same in ({"metrics__ain_lr": 0.1}, {"metrics__names": ("acc",)}, {"dataset__data_dir": "/d"},
+               {"train__epochs": 99}):
+    assert sdir(**same) == base, same
+  for other in ({"metrics__shadow_lr": 0.01}, {"metrics__num_shadow": 3}, {"metrics__seed_offset": 7},
+                {"metrics__mia_ii_max_eval": 10}, {"model__width": 0.5}, {"forget__classes": (4,)}):
+    assert sdir(**other) != base, other

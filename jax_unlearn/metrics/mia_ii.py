@@ -275,9 +275,28 @@ def _finite(tree) -> bool:
   return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
 
 
+def _divergence(losses, state, lo: int) -> str | None:
+  """None if this epoch's losses [spe, S] and the whole state (params, BN stats, momentum) are finite;
+  else what went wrong, naming the first global step (1-based) whose loss is not finite."""
+  losses = np.asarray(losses)
+  bad = ~np.isfinite(losses).all(axis=1)
+  if bad.any():
+    t = int(np.argmax(bad))
+    kind = "nan" if np.isnan(losses[t]).any() else "inf"
+    return f"the training loss became {kind} at step {lo + t + 1}"
+  if not _finite(state):  # the last update of the epoch diverged after its (finite) loss
+    return f"a parameter became nan/inf after step {lo + len(losses)}"
+  return None
+
+
 def _train_shadows_checkpointed(apply_fn, state, idx, step_keys, args, kw, vmapped, epochs, ckpt_dir,
                                 log):
-  """`_scan_steps` one epoch at a time, with an orbax checkpoint after every epoch."""
+  """`_scan_steps` one epoch at a time, with an orbax checkpoint after every epoch.
+
+  The checkpoint is {state (stacked, with optimizer state), epoch, losses [T, S] (zero after the saved
+  epoch: a fixed shape, so the restore target is static), keys (the step keys' raw data: the PRNG
+  state)}. Epoch e runs global steps e*spe .. (e+1)*spe - 1 with t0 = e*spe, so step t still uses
+  fold_in(key, t) and the pieces equal one scan. A non-finite epoch is not saved."""
   from jax_unlearn.errors import NumericalError  # noqa: PLC0415
   from jax_unlearn.train.checkpoint import Checkpointer, key_data, wrap_key  # noqa: PLC0415
   t_total, s_count = idx.shape[0], idx.shape[1]
@@ -285,27 +304,32 @@ def _train_shadows_checkpointed(apply_fn, state, idx, step_keys, args, kw, vmapp
   ck = {"state": state, "epoch": jnp.asarray(0, jnp.int32),
         "losses": jnp.zeros((t_total, s_count), jnp.float32), "keys": key_data(step_keys)}
   ckptr = Checkpointer(ckpt_dir)
-  if ckptr.latest_step() is not None:
-    ck = ckptr.restore(ck)
-    done = int(ck["epoch"])
-    log(f"[mia_ii shadows] {'reused the finished' if done >= epochs else 'resumed at epoch'} "
-        f"{done}/{epochs} from {ckptr.directory}")
-  state, keys = ck["state"], wrap_key(ck["keys"], step_keys)
-  with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
-    for epoch in range(int(ck["epoch"]), epochs):
-      lo, hi = epoch * spe, (epoch + 1) * spe
-      state, losses = _scan_steps(apply_fn, state, idx[lo:hi], keys, args, kw, vmapped, lo)
-      if not (_finite(losses) and _finite(state[0])):
-        last = int(ck["epoch"])
-        kept = (f"the last good checkpoint (epoch {last}) is kept in {ckptr.directory}" if last
-                else "no checkpoint was written yet")
-        raise NumericalError(
-            f"[mia_ii shadows] a loss or parameter became NaN/inf in epoch {epoch + 1} (steps "
-            f"{lo + 1}-{hi}); {kept}: lower --config.metrics.shadow_lr and run the same command again")
-      ck = {"state": state, "epoch": jnp.asarray(epoch + 1, jnp.int32),
-            "losses": ck["losses"].at[lo:hi].set(losses), "keys": ck["keys"]}
-      ckptr.save(epoch + 1, ck)
-  ckptr.close()
+  try:
+    if ckptr.latest_step() is not None:
+      ck = ckptr.restore(ck)
+      done = int(ck["epoch"])
+      log(f"[mia_ii shadows] {'reused the finished' if done >= epochs else 'resumed at epoch'} "
+          f"{done}/{epochs} from {ckptr.directory}")
+    state, keys = ck["state"], wrap_key(ck["keys"], step_keys)
+    with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
+      for epoch in range(int(ck["epoch"]), epochs):
+        lo, hi = epoch * spe, (epoch + 1) * spe
+        state, losses = _scan_steps(apply_fn, state, idx[lo:hi], keys, args, kw, vmapped, lo)
+        what = _divergence(losses, state, lo)
+        if what is not None:
+          last = int(ck["epoch"])
+          kept = (f"the last good checkpoint (epoch {last}) is kept in {ckptr.directory}" if last
+                  else f"no checkpoint was written yet in {ckptr.directory}")
+          raise NumericalError(
+              f"[mia_ii shadows] {what} (of {t_total}) in epoch {epoch + 1}/{epochs}; {kept}: lower "
+              "--config.metrics.shadow_lr and run the same command again")
+        ck = {"state": state, "epoch": jnp.asarray(epoch + 1, jnp.int32),
+              "losses": ck["losses"].at[lo:hi].set(losses), "keys": ck["keys"]}
+        ckptr.save(epoch + 1, ck)
+        log(f"[mia_ii shadows] epoch {epoch + 1}/{epochs}: mean loss {float(jnp.mean(losses)):.4f} "
+            "(checkpointed)")
+  finally:
+    ckptr.close()
   return ck["state"], ck["losses"][:epochs * spe]
 
 
