@@ -1,5 +1,6 @@
 """Shared paper-scale settings (SPEC §1.6, §1.8, §4.3); each configs/<dataset>_<model>.py calls it."""
 
+from jax_unlearn import xla_flags
 from jax_unlearn.config import base_config
 
 # (lr, epochs, milestones) of the original/retrain models, ISPF App. C (SPEC §1.8).
@@ -28,6 +29,9 @@ def paper_config(dataset: str, model: str, forget_classes=(0,)):
   c.model.name = model
   c.model.width = 1.0
   c.batch_size = 256
+  # On CPU, convolutions and their gradients on XLA's own kernels (~1.5x per AllCNN step here; BUILD_NOTES
+  # "Performance"). Ignored on GPU/TPU.
+  c.xla_cpu_flags = xla_flags.FAST_CPU_CONVS
   if (dataset, model) in TRAIN:
     lr, epochs, milestones = TRAIN[(dataset, model)]
     c.train.update(lr=lr, epochs=epochs, milestones=milestones, gamma=0.1, weight_decay=1e-4)

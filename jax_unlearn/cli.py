@@ -91,6 +91,13 @@ def run_app(main: Callable[[list], object]) -> None:
     sys.exit(2)
 
 
+def setup(holder) -> None:
+  """`compile_cache.setup` with the launcher's config (its XLA flags), before any JAX work; a config
+  that cannot be loaded, or bad flags, give one `error:` line and exit code 2."""
+  from jax_unlearn import compile_cache  # noqa: PLC0415
+  run_main(lambda: compile_cache.setup(config_value(holder)))
+
+
 def config_value(holder):
   """The config behind a `config_flags.DEFINE_config_file` holder, or a ConfigError naming the fix.
 

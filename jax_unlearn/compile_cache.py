@@ -106,8 +106,12 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(**kw)
 
 
-def setup() -> None:
-  """What every launcher does first: distributed start-up, compilation cache, compile accounting."""
+def setup(config=None) -> None:
+  """What every launcher does first: the config's XLA flags (`config.xla_cpu_flags`, see
+  `jax_unlearn.xla_flags`), distributed start-up, compilation cache, compile accounting."""
+  if config is not None and config.get("xla_cpu_flags"):
+    from jax_unlearn import xla_flags  # noqa: PLC0415
+    xla_flags.apply(config.xla_cpu_flags)
   if _DISTRIBUTED.value:
     initialize_distributed()
   cache = _CACHE.value

@@ -43,6 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.methods = ALL_METHODS
   c.batch_size = 64               # supervised training batch (original, retrain, shadow models)
   c.eval_batch_size = 512
+  # XLA flags set before JAX starts (jax_unlearn.xla_flags); CPU-only flags, e.g. xla_flags.FAST_CPU_CONVS.
+  c.xla_cpu_flags = ""
   c.dataset = ml_collections.ConfigDict(dict(name="digits", data_dir="", download=False,
                                              split_seed=0, test_fraction=0.25, val_fraction=0.2))
   c.model = ml_collections.ConfigDict(dict(name="allcnn", width=1.0, patch=4, dim=192, depth=6,

@@ -25,6 +25,8 @@ _NOT_FINGERPRINTED = ("method", "methods", "seeds", "seed")
 
 def fingerprint(config) -> str:
   d = {k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED}
+  if not d.get("xla_cpu_flags"):  # no flags: the same fingerprint as before the field existed
+    d.pop("xla_cpu_flags", None)
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

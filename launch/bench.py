@@ -1,6 +1,6 @@
 """JAX vs PyTorch on the hot paths, and the vmapped sweep vs sequential runs:
 python -m launch.bench --size=paper --out=bench.json   (pip install -e ".[bench]" for the PyTorch side)
-[--reps=2] [--workloads=train_step,ispf_loop,lfssd] [--nosweep] [--notorch]"""
+[--reps=2] [--workloads=train_step,ispf_loop,lfssd] [--nosweep] [--notorch] [--xla_cpu_flags=...]"""
 
 import importlib.util
 import json
@@ -16,12 +16,19 @@ _SIZE = flags.DEFINE_enum("size", "paper", ["paper", "digits"], "paper: AllCNN w
 _REPS = flags.DEFINE_integer("reps", 3, "Timed repetitions (median) after one warm-up call.")
 _TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch side (skipped if torch is not installed).")
 _SWEEP = flags.DEFINE_bool("sweep", True, "Time the 10-class digits ISPF sweep vs sequential runs.")
+_XLA = flags.DEFINE_string("xla_cpu_flags", None, "XLA flags set before JAX starts (default: those of the "
+                           "configs of --size: paper configs use xla_flags.FAST_CPU_CONVS, digits none).")
 _ONLY = flags.DEFINE_list("workloads", ["train_step", "ispf_loop", "lfssd"], "Which JAX-vs-PyTorch "
                           "workloads to time (train_step, ispf_loop, lfssd).")
 
 
 def main(argv):
   del argv
+  from jax_unlearn import xla_flags
+  if _XLA.value is None:  # the flags the configs of this size run with
+    xla_flags.apply(xla_flags.FAST_CPU_CONVS if _SIZE.value == "paper" else "")
+  else:
+    xla_flags.apply(_XLA.value)
   compile_cache.setup()
   from jax_unlearn.bench import harness
   use_torch = _TORCH.value and importlib.util.find_spec("torch") is not None

@@ -14,8 +14,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (models, resul
 
 def main(argv):
   del argv
-  compile_cache.setup()  # before any JAX work: multi-host start, persistent compile cache
-  from jax_unlearn import cli, experiment
+  from jax_unlearn import cli
+  cli.setup(_CONFIG)  # before any JAX work: XLA flags, multi-host start, compile cache
+  from jax_unlearn import experiment
   cli.run_main(lambda: experiment.run(cli.config_value(_CONFIG), _WORKDIR.value, cli.progress_logger()))
 
 

@@ -15,8 +15,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (original chec
 
 def main(argv):
   del argv
-  compile_cache.setup()  # before any JAX work: multi-host start, persistent compile cache
   from jax_unlearn import cli
+  cli.setup(_CONFIG)  # before any JAX work: XLA flags, multi-host start, compile cache
   from jax_unlearn.methods import distruction
   cli.run_main(lambda: distruction.prepare_workdir(cli.config_value(_CONFIG), _WORKDIR.value,
                                                    cli.progress_logger()))

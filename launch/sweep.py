@@ -17,8 +17,9 @@ _VMAP = flags.DEFINE_bool("vmap", None, "False: the same runs one after another 
 
 def main(argv):
   del argv
-  compile_cache.setup()
-  from jax_unlearn import cli, sweep
+  from jax_unlearn import cli
+  cli.setup(_CONFIG)  # before any JAX work: XLA flags, multi-host start, compile cache
+  from jax_unlearn import sweep
 
   def go():
     config = cli.config_value(_CONFIG)

@@ -11,8 +11,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, 
 
 def main(argv):
   del argv
-  compile_cache.setup()  # before any JAX work: multi-host start, persistent compile cache
-  from jax_unlearn import api, cli
+  from jax_unlearn import cli
+  cli.setup(_CONFIG)  # before any JAX work: XLA flags, multi-host start, compile cache
+  from jax_unlearn import api
   from jax_unlearn.io import atomic_write_json
 
   def go():

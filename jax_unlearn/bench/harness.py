@@ -96,9 +96,10 @@ def _entry(first, t, n_images, flops, peak, load0=None):
 # ----------------------------------------------------------------------------------------------------
 # JAX workloads: each returns (one-iteration callable that blocks, images per iteration, FLOPs or None).
 
-def jax_train_step(sz, conv="loop_safe"):
-  """`supervised.train_step` (the library's jitted SGD step) on one fixed batch; `conv='loop_safe'`
-  gives the state `models.conv.with_loop_safe_convs(model.apply)`, `None` plain `model.apply`."""
+def jax_train_step(sz, conv=None):
+  """`supervised.train_step` (the library's jitted SGD step) on one fixed batch, with plain
+  `model.apply` as `supervised.create_train_state` gives it; `conv='loop_safe'` gives the state
+  `models.conv.with_loop_safe_convs(model.apply)` instead (faster without `xla_flags.FAST_CPU_CONVS`)."""
   import ml_collections  # noqa: PLC0415
   model = AllCNN(K, sz["width"])
   tcfg = ml_collections.ConfigDict(dict(lr=0.05, momentum=0.9, weight_decay=1e-4, milestones=(), gamma=0.1))
@@ -252,7 +253,7 @@ def run(size: str = "paper", reps: int = 3, torch_side: bool = True, sweep_bench
     first, t = _interleaved(fns, reps)
     res[name] = {"jax": _entry(first[0], t[0], n, flops, peak, load0)}
     if name == "train_step":
-      res[name]["jax"]["apply_fn"] = "models.conv.with_loop_safe_convs(model.apply)"
+      res[name]["jax"]["apply_fn"] = "model.apply"
     if ts is not None:
       # PyTorch has no compile step: its first call is a warm-up only.
       e = _entry(first[1], t[1], n, flops, peak, load0)

@@ -63,23 +63,48 @@ def _loop_safe_conv_bwd(strides, padding, res, dy):
   return dx, conv_weight_grad(x, dy, ks, strides, padding)
 
 
-def conv_weight_grad(x, dy, kernel_size, strides, padding):
-  """dL/dw of an NHWC x HWIO convolution, as one GEMM per kernel tap.
+# Shifted slices with fewer elements than this stay one GEMM per tap (conv_weight_grad).
+_CHUNK_MIN_ELEMENTS = 1 << 20
+
+
+def conv_weight_grad(x, dy, kernel_size, strides, padding, chunks: int | None = None):
+  """dL/dw of an NHWC x HWIO convolution, as one batched GEMM per kernel tap.
 
   dw[i, j] = Σ_{n,h,w} x_pad[n, i + s·h, j + s·w, :]ᵀ dy[n, h, w, :] — a [cin, cout] matmul contracting
-  N·H·W per tap. XLA:CPU runs the same reduction as a convolution whose "kernel" is dy (H x W, e.g.
-  32 x 32): 4.4 s vs 1.7 s for k·k GEMMs at AllCNN's 256 x 32 x 32 x 96 layer (BUILD_NOTES
-  "Performance (issue 7)"), the main cost of a train step. Slices and dots: loop- and vmap-safe too.
+  P = N·H·W per tap. For large layers (P·cin >= `_CHUNK_MIN_ELEMENTS`) the P rows are split into
+  `chunks` (default 4, or 2 if P is not a multiple of 4) that act as the batch dimension of one
+  `dot_general` per tap, whose partial sums are then added. Measured at AllCNN's 256 x 32 x 32 x 96
+  layer (BUILD_NOTES "Performance (issue 7)"):
+  * XLA:CPU's own weight gradient is a convolution whose "kernel" is dy (H x W, e.g. 32 x 32):
+    1.5-4.4 s with the default YNNPACK fusions, and ~100x slower again inside loops (jax-ml/jax#12868).
+  * One plain [P, cin]ᵀ[P, cout] dot per tap makes XLA transpose every shifted slice into a [cin, P]
+    copy first (190 ms per tap) and then runs a GEMM with a single huge K on one thread: 1.5-1.8 s.
+  * With the chunk axis as a GEMM batch the slice is a plain copy and both cores get work: 0.7 s.
+  Small layers (all of the digits configs) keep one chunk: there the copy is cheap, and the result is
+  bit-identical to the unchunked tap GEMMs that produced the recorded digits numbers.
+  Slices, reshapes and dots only: loop- and vmap-safe too.
   """
   kh, kw = kernel_size
   sh, sw = strides
-  ho, wo = dy.shape[1:3]
+  n, ho, wo, cout = dy.shape
+  cin = x.shape[3]
+  p = n * ho * wo
+  if chunks is None:
+    chunks = 1 if p * cin < _CHUNK_MIN_ELEMENTS else next(c for c in (4, 2, 1) if p % c == 0)
+  if p % chunks:
+    raise ValueError(f"conv_weight_grad: chunks={chunks} does not divide N*H*W={p}")
   xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
-  taps = [lax.dot_general(
-      lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
-                (1, sh, sw, 1)), dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
-          for i in range(kh) for j in range(kw)]
-  return jnp.stack(taps).reshape(kh, kw, x.shape[3], dy.shape[3])
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      xs = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
+                     (1, sh, sw, 1))
+      if chunks == 1:  # contract N, H, W directly (the recorded digits numbers were made this way)
+        taps.append(lax.dot_general(xs, dy, (((0, 1, 2), (0, 1, 2)), ((), ()))))
+      else:
+        taps.append(jnp.sum(lax.dot_general(xs.reshape(chunks, p // chunks, cin), dy.reshape(chunks, p // chunks, cout),
+                                            (((1,), (1,)), ((0,), (0,)))), axis=0))
+  return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
 loop_safe_conv.defvjp(_loop_safe_conv_fwd, _loop_safe_conv_bwd)
