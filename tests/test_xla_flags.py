@@ -116,3 +116,33 @@ def test_small_layers_keep_one_exact_gemm_per_tap(monkeypatch):
   chex.assert_trees_all_close(conv.conv_weight_grad(x, dy, *args), conv.conv_weight_grad(
       x, dy, *args, chunks=4), rtol=0, atol=0)  # the default is chunks=4 here
   chex.assert_trees_all_close(conv.conv_weight_grad(x, dy, *args), one, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("generator", ["dfq", "zskt"])
+def test_no_digits_layer_is_chunked(monkeypatch, generator):
+  """Every loop-safe conv gradient of the digits configs (student, teacher-sized shadows, DFQ/ZSKT
+  generator at the ISPF batch) stays below the chunking threshold, so digits results are unchanged."""
+  from configs import digits
+  from jax_unlearn import models
+  c = digits.get_config()
+  sizes = []
+  orig = conv.conv_weight_grad
+
+  def spy(x, dy, *a, **kw):
+    sizes.append(x.shape[0] * dy.shape[1] * dy.shape[2] * x.shape[3])
+    return orig(x, dy, *a, **kw)
+  monkeypatch.setattr(conv, "conv_weight_grad", spy)
+  gen = models.create_generator(generator, 8, 1, nz=c.ispf.nz, ngf=c.ispf.ngf)
+  clf = models.create_classifier(c.model, 10)
+  b = max(c.ispf.batch_size, c.batch_size, c.metrics.shadow_batch_size, c.metrics.ain_batch_size)
+  gv = models.init_variables(gen, jax.random.key(0), (1, gen.nz))
+  cv = models.init_variables(clf, jax.random.key(0), (1, 8, 8, 1))
+
+  def loss(gp, cp):
+    x, _ = gen.apply({**gv, "params": gp}, jnp.zeros((b, gen.nz)), train=True, mutable=["batch_stats"])
+    y, _ = clf.apply({**cv, "params": cp}, x, train=True, mutable=["batch_stats"])
+    return jnp.sum(y)
+  with conv.loop_safe_convs():  # shapes only: traced, not run
+    jax.eval_shape(jax.grad(loss, (0, 1)), gv["params"], cv["params"])
+  assert len(sizes) >= 8, sizes
+  assert max(sizes) < conv._CHUNK_MIN_ELEMENTS, sizes

@@ -63,16 +63,17 @@ def _loop_safe_conv_bwd(strides, padding, res, dy):
   return dx, conv_weight_grad(x, dy, ks, strides, padding)
 
 
-# Shifted slices with fewer elements than this stay one GEMM per tap (conv_weight_grad).
-_CHUNK_MIN_ELEMENTS = 1 << 20
+# Shifted slices with fewer elements than this stay one GEMM per tap (conv_weight_grad). The largest
+# digits-config slice (the DFQ generator, ngf 64, batch 128: 128x8x8x128) has 2^20.
+_CHUNK_MIN_ELEMENTS = 1 << 22
 
 
 def conv_weight_grad(x, dy, kernel_size, strides, padding, chunks: int | None = None):
   """dL/dw of an NHWC x HWIO convolution, as one batched GEMM per kernel tap.
 
   dw[i, j] = Σ_{n,h,w} x_pad[n, i + s·h, j + s·w, :]ᵀ dy[n, h, w, :] — a [cin, cout] matmul contracting
-  P = N·H·W per tap. For large layers (P·cin >= `_CHUNK_MIN_ELEMENTS`) the P rows are split into
-  `chunks` (default 4, or 2 if P is not a multiple of 4) that act as the batch dimension of one
+  P = N·H·W per tap. For large layers (P·cin >= `_CHUNK_MIN_ELEMENTS` = 2^22) the P rows are split
+  into `chunks` (default 4, or 2 if P is not a multiple of 4) that act as the batch dimension of one
   `dot_general` per tap, whose partial sums are then added. Measured at AllCNN's 256 x 32 x 32 x 96
   layer (BUILD_NOTES "Performance (issue 7)"):
   * XLA:CPU's own weight gradient is a convolution whose "kernel" is dy (H x W, e.g. 32 x 32):
