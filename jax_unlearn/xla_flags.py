@@ -47,13 +47,13 @@ def apply(flags: str | None) -> list[str]:
     if not f.startswith("--xla_") or "=" not in f:
       raise ConfigError(f"config.xla_cpu_flags: {f!r} is not an XLA flag of the form --xla_name=value; "
                         f"e.g. --config.xla_cpu_flags='{FAST_CPU_CONVS}', or '' for none")
-  have = shlex.split(os.environ.get("XLA_FLAGS", ""))
-  names = {_name(f) for f in have}
+  current = os.environ.get("XLA_FLAGS", "")
+  names = {_name(f) for f in shlex.split(current)}
   added = [f for f in wanted if _name(f) not in names]
   if not added:
     return []
   if backend_started():
     raise ConfigError(f"XLA flags {added} must be set before the first JAX computation; call "
                       "jax_unlearn.xla_flags.apply() first, or put them in $XLA_FLAGS")
-  os.environ["XLA_FLAGS"] = " ".join(have + added)
+  os.environ["XLA_FLAGS"] = " ".join([current.strip()] + added).strip()  # the user's text kept as is
   return added

@@ -50,6 +50,14 @@ def test_the_users_xla_flags_win():
   assert added == "[]" and env == mine
 
 
+def test_other_user_flags_are_kept_and_ours_appended():
+  mine = "--xla_cpu_enable_fast_math=false"
+  r = _python(APPLY_THEN_RUN, xla_env=mine)
+  assert r.returncode == 0, r.stderr
+  added, _, env = r.stdout.splitlines()
+  assert added == f"['{xla_flags.FAST_CPU_CONVS}']" and env == f"{mine} {xla_flags.FAST_CPU_CONVS}"
+
+
 def test_apply_after_the_backend_started_is_an_error(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   jnp.zeros(1).block_until_ready()
