@@ -24,11 +24,11 @@ _ONLY = flags.DEFINE_list("workloads", ["train_step", "ispf_loop", "lfssd"], "Wh
 
 def main(argv):
   del argv
-  from jax_unlearn import xla_flags
-  if _XLA.value is None:  # the flags the configs of this size run with
-    xla_flags.apply(xla_flags.FAST_CPU_CONVS if _SIZE.value == "paper" else "")
-  else:
-    xla_flags.apply(_XLA.value)
+  from jax_unlearn import cli, xla_flags
+  wanted = _XLA.value
+  if wanted is None:  # the flags the configs of this size run with
+    wanted = xla_flags.FAST_CPU_CONVS if _SIZE.value == "paper" else ""
+  cli.run_main(lambda: xla_flags.apply(wanted))  # a malformed flag: one `error:` line, exit 2
   compile_cache.setup()
   from jax_unlearn.bench import harness
   use_torch = _TORCH.value and importlib.util.find_spec("torch") is not None
