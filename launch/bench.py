@@ -16,8 +16,8 @@ _SIZE = flags.DEFINE_enum("size", "paper", ["paper", "digits"], "paper: AllCNN w
 _REPS = flags.DEFINE_integer("reps", 3, "Timed repetitions (median) after one warm-up call.")
 _TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch side (skipped if torch is not installed).")
 _SWEEP = flags.DEFINE_bool("sweep", True, "Time the 10-class digits ISPF sweep vs sequential runs.")
-_XLA = flags.DEFINE_string("xla_cpu_flags", None, "XLA flags set before JAX starts (default: those of the "
-                           "configs of --size: paper configs use xla_flags.FAST_CPU_CONVS, digits none).")
+_XLA = flags.DEFINE_string("xla_cpu_flags", None, "XLA flags set before JAX starts (default: "
+                           "config.xla_cpu_flags of configs/cifar10_allcnn.py or configs/digits.py).")
 _ONLY = flags.DEFINE_list("workloads", ["train_step", "ispf_loop", "lfssd"], "Which JAX-vs-PyTorch "
                           "workloads to time (train_step, ispf_loop, lfssd).")
 
@@ -26,8 +26,9 @@ def main(argv):
   del argv
   from jax_unlearn import cli, xla_flags
   wanted = _XLA.value
-  if wanted is None:  # the flags the configs of this size run with
-    wanted = xla_flags.FAST_CPU_CONVS if _SIZE.value == "paper" else ""
+  if wanted is None:  # the flags the configs of this size run with, read from those configs
+    from configs import cifar10_allcnn, digits
+    wanted = {"paper": cifar10_allcnn, "digits": digits}[_SIZE.value].get_config().xla_cpu_flags
   cli.run_main(lambda: xla_flags.apply(wanted))  # a malformed flag: one `error:` line, exit 2
   compile_cache.setup()
   from jax_unlearn.bench import harness
