@@ -249,7 +249,7 @@ def test_run_end_to_end_touches_forget_data_only(trained, tmp_path):
   model, variables, data = trained
   path = str(tmp_path / "post.msgpack")
   cfg = _cfg(posterior_path=path, objective="entropy_other", lam=0.1, mean_eta=1.0,
-             max_std_ratio=1.0, forget_steps=20, forget_batch_size=128)
+             max_std_ratio=1.0, forget_steps=20, forget_batch_size=128, lam_sweep=(), select_every=0)
   D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path), path)   # the preparation phase
   before_f, before_r = _acc(model, variables, data.forget_val), _acc(model, variables, data.retain_val)
   assert before_f > 80
@@ -278,7 +278,7 @@ def test_run_end_to_end_touches_forget_data_only(trained, tmp_path):
 def test_lambda_sweep_uses_validation_and_orders_retain(trained, tmp_path):
   model, variables, data = trained
   cfg = _cfg(std_init=0.05, objective="entropy", mean_eta=2.0, forget_steps=15, max_std_ratio=1.0,
-             checkpoint_every=15)
+             checkpoint_every=15, select_every=0)
   post = D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path), str(tmp_path / "p.msgpack"))
   src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
   sweep = D.lambda_sweep(model, variables, post, src, data.forget_val, data.retain_val, INFO,
@@ -295,7 +295,7 @@ def test_neggrad_divergence_is_reported_not_silent(trained, tmp_path):
   the sweep marks that λ NaN instead of choosing it."""
   model, variables, data = trained
   cfg = _cfg(std_init=0.05, objective="neggrad", mean_eta=2.0, forget_steps=15, max_std_ratio=1.0,
-             checkpoint_every=15)
+             checkpoint_every=15, select_every=0)
   post = D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path), str(tmp_path / "p.msgpack"))
   src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
   with pytest.raises(NumericalError):
@@ -441,3 +441,113 @@ def test_preparation_resumes_exactly_after_an_interruption(trained, tmp_path, mo
   path = tmp_path / "c" / "post.msgpack"
   D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path / "c"), str(path))
   assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["post.msgpack"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Choosing the number of iterations on validation data (early stopping, `select_every`).
+
+def test_selection_key_and_chunk_ends():
+  k = functools.partial(D.selection_key, max_forget_acc=10.0)
+  # Qualifying candidates (forget-val <= 10 %) beat the rest; among them retain-val decides, then
+  # forget-val, λ, iterations; NaN (diverged) loses to anything finite.
+  order = [k(0.0, 99.0, 0.1, 8), k(5.0, 99.0, 0.1, 8), k(5.0, 99.0, 0.2, 4), k(5.0, 99.0, 0.2, 6),
+           k(0.0, 90.0, 0.0, 2), k(11.0, 99.5, 0.0, 2), k(50.0, 99.9, 0.0, 2), k(np.nan, 99.9, 0.0, 2)]
+  assert order == sorted(order) and len(set(order)) == len(order)
+  assert D.chunk_ends(40, 10) == [10, 20, 30, 40]
+  assert D.chunk_ends(40, 10, 4) == [4, 8, 10, 12, 16, 20, 24, 28, 30, 32, 36, 40]
+  assert D.chunk_ends(7, 10, 3) == [3, 6, 7] and D.chunk_ends(0, 10, 2) == []
+
+
+def test_iteration_selection_keeps_each_lambdas_best_iterate(trained, posterior):
+  """With `evaluate`, `forget` returns per λ the iterate with the smallest `selection_key` among the
+  measured ones, and that iterate is exactly what a plain run of that many iterations returns."""
+  model, variables, data = trained
+  cfg = _cfg(objective="entropy", select_every=5, mean_eta=1.0)
+  val = D.Validator(model, data.forget_val, data.retain_val, INFO)
+  q, bs, h = _forget(trained, posterior, cfg, evaluate=val)
+  np.testing.assert_array_equal(h["eval_steps"], [5, 10, 15, 20])
+  chex.assert_shape([h["val_forget"], h["val_retain"]], (4, 2))
+  for i, lam in enumerate((0.05, 0.3)):
+    keys = [D.selection_key(h["val_forget"][j, i], h["val_retain"][j, i], lam, t, 10.0)
+            for j, t in enumerate(h["eval_steps"])]
+    j = min(range(len(keys)), key=keys.__getitem__)
+    t = int(h["eval_steps"][j])
+    assert h["best_step"][i] == t, (h["best_step"], keys)
+    assert h["best_forget_val"][i] == h["val_forget"][j, i]
+    # A plain run of t iterations (chunks end at the same steps) ends at the kept iterate.
+    plain = _cfg(objective="entropy", forget_steps=t, checkpoint_every=5, mean_eta=1.0)
+    q_t, bs_t, _ = _forget(trained, posterior, plain)
+    chex.assert_trees_all_equal(D.take(q, i), D.take(q_t, i))
+    chex.assert_trees_all_equal(D.take(bs, i), D.take(bs_t, i))
+    f, r = val(q_t, bs_t)
+    np.testing.assert_array_equal(np.float32([f[i], r[i]]), [h["val_forget"][j, i], h["val_retain"][j, i]])
+  print("val forget per eval step", h["val_forget"].T.tolist(), "chosen", h["best_step"])
+
+
+def test_iteration_selection_resumes_exactly(trained, posterior, tmp_path, monkeypatch):
+  model, variables, data = trained
+  cfg = _cfg(objective="entropy", select_every=5)
+  val = D.Validator(model, data.forget_val, data.retain_val, INFO)
+  want = _forget(trained, posterior, cfg, evaluate=val, ckpt_dir=str(tmp_path / "a"))
+  calls = _interrupt_after(monkeypatch, 2)
+  with pytest.raises(_Interrupt):
+    _forget(trained, posterior, cfg, evaluate=val, ckpt_dir=str(tmp_path / "b"))
+  assert calls == [5, 10, 15]
+  monkeypatch.undo()
+  got = _forget(trained, posterior, cfg, evaluate=val, ckpt_dir=str(tmp_path / "b"))
+  chex.assert_trees_all_equal(got[:2], want[:2])
+  assert sorted(got[2]) == sorted(want[2])
+  for k in want[2]:
+    np.testing.assert_array_equal(got[2][k], want[2][k])
+
+
+class _NoRetainTrainData:
+  """Forget data and validation only: reading retain/full training or test data raises."""
+
+  def __init__(self, data):
+    object.__setattr__(self, "_d", data)
+
+  def __getattr__(self, name):
+    if name in ("info", "forget_train", "forget_val", "retain_val"):
+      return getattr(object.__getattribute__(self, "_d"), name)
+    raise AssertionError(f"DiStruction touched data view {name!r}")
+
+
+def test_default_run_selects_lambda_and_iterations_on_validation(trained, tmp_path):
+  """The default config (U = −H, λ sweep, `select_every`) reads forget training data for the
+  iterations and validation data for the choice only; the returned model is the recorded choice."""
+  model, variables, data = trained
+  path = str(tmp_path / "post.msgpack")
+  cfg = _cfg(posterior_path=path, forget_batch_size=128)
+  dc = D.default_config()
+  assert dc.objective == "entropy" and dc.select_every > 0 and len(dc.lam_sweep) > 1
+  D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path), path)
+  result = base.get("distruction")(_ctx(cfg, model, variables, _NoRetainTrainData(data),
+                                        tmp_path / "run"))
+  info = result.info
+  sweep = info["sweep"]
+  i = sweep["lams"].index(info["lam"])
+  assert info["forget_steps"] == sweep["chosen_steps"] == sweep["steps"][i]
+  assert 0 < info["forget_steps"] <= cfg.distruction.forget_steps
+  assert info["forget_steps"] % cfg.distruction.select_every == 0
+  np.testing.assert_allclose([_acc(model, result.variables, data.forget_val),
+                              _acc(model, result.variables, data.retain_val)],
+                             [sweep["acc_forget_val"][i], sweep["acc_retain_val"][i]], atol=1e-4)
+  keys = [D.selection_key(f, r, lam, t, 10.0) for f, r, lam, t in
+          zip(sweep["acc_forget_val"], sweep["acc_retain_val"], sweep["lams"], sweep["steps"])]
+  assert i == min(range(len(keys)), key=keys.__getitem__)
+  sel = info["selection"]
+  assert len(sel["eval_steps"]) == cfg.distruction.forget_steps // cfg.distruction.select_every
+
+
+@pytest.mark.parametrize("objective", D.OBJECTIVES)
+def test_run_with_every_objective(trained, posterior, tmp_path, objective):
+  """`run` end to end for every U (bad_teacher builds its random teacher inside `run`)."""
+  model, variables, data = trained
+  path = str(tmp_path / "post.msgpack")
+  D.save_posterior(path, posterior, D._prep_meta(_cfg().distruction, 0, variables["params"]))
+  cfg = _cfg(posterior_path=path, objective=objective, forget_steps=4, checkpoint_every=2,
+             select_every=2, lam_sweep=(0.5, 0.9))
+  result = base.get("distruction")(_ctx(cfg, model, variables, _NoRetainTrainData(data), tmp_path))
+  chex.assert_trees_all_equal_shapes_and_dtypes(result.variables, variables)
+  assert result.info["objective"] == objective and result.info["forget_steps"] in (2, 4)

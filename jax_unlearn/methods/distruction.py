@@ -22,20 +22,19 @@ term's gradients are analytic (`kl_grads`), and they are combined before the BGD
 Scale convention: as in BGD, U's gradient is that of the **summed** minibatch objective (batch mean ×
 batch size), while KL is summed over parameters; λ trades these two sums.
 
-U (pluggable, `objective`): 'entropy_other' (default; U = KL(u_{≠y} ‖ softmax f(x)), maximum entropy over
-the classes other than the label, whose minimiser has p_y = 0), 'entropy' (U = −H(softmax f(x)), the
-plain reading of the paper's "entropy-based loss function"), 'neggrad' (U = −CE(f(x), y)),
-'bad_teacher' (U = KL(softmax t(x) ‖ softmax f(x)) to a randomly initialised network t, Chundawat et
-al.), 'random_label' (U = CE(f(x), y') with y' a random *other* class, redrawn every step, Graves et al.;
-'entropy_other' is its expectation over y').
+U (pluggable, `objective`): 'entropy' (default; U = −H(softmax f(x)), maximising the predictive entropy
+on D_f, the paper's "entropy-based loss function"), 'entropy_other' (U = KL(u_{≠y} ‖ softmax f(x)),
+maximum entropy over the classes other than the label, whose minimiser has p_y = 0), 'neggrad'
+(U = −CE(f(x), y)), 'bad_teacher' (U = KL(softmax t(x) ‖ softmax f(x)) to a randomly initialised network
+t, Chundawat et al.), 'random_label' (U = CE(f(x), y') with y' a random *other* class, redrawn every
+step, Graves et al.; 'entropy_other' is its expectation over y').
 
-Why 'entropy_other' is the default (measured on digits, BUILD_NOTES "DiStruction"): plain −H is
-maximised by the uniform distribution over all K classes. DiStruction does reach it (forget-val
-predictive entropy 2.28–2.29 of log 10 = 2.30, retain intact), but at a uniform output the argmax is a
-near-tie that the forgotten label still wins about half of the time, so forget accuracy wanders between
-0 and 100 % from one iteration to the next and never settles below 10 %. The paper reports both
-D_f = 0 % and MIA ≈ 0 for its entropy loss; of the entropy maximisers only the one that also drives p_y to
-0 gives both, hence 'entropy_other'.
+Number of iterations (measured on digits, BUILD_NOTES "DiStruction"): −H is maximised by the uniform
+output over all K classes, where the argmax is a near-tie. On the way there the first few iterations
+overshoot: the label's logit falls below the others and forget accuracy drops to 0 %; later it drifts
+back to a coin toss (30-60 %), so a fixed, long run does not forget. The paper forgets "in a handful of
+iterations" and does not give their number (SPEC §5.2), so the default chooses it on validation data
+together with λ (`select_every`, `lambda_sweep`): early stopping, measured every 2 iterations.
 
 Stability (our defaults, not in the paper): `max_std_ratio = 1` caps σ_q at σ_p. The mean step is
 η σ_q² E[g]; without the cap σ_q grew to 1.5–2.2 σ_p on digits (E[gε] < 0 where U is concave), the
@@ -50,11 +49,13 @@ statistics toward the forget classes and break the retain set (the paper's ViT h
 
 Data: `run` reads `ctx.data.forget_train` (plus `ctx.data.train` once, for the preparation, only when no
 stored posterior exists). The forgetting loop draws its batches from a `ForgetBatches` source, which
-refuses any sample outside the forget set. `lambda_sweep` selects λ on *validation* data.
+refuses any sample outside the forget set. `lambda_sweep` selects λ and the iteration on *validation*
+data (`ctx.data.forget_val`, `ctx.data.retain_val`); no retain *training* sample is read.
 
-Unknowns of the paper (SPEC §5.2), and our choices: U ('entropy_other'), λ (0.1 default, chosen on
-validation data for digits class 3),
-number of iterations, η, K, std_init, batch size (digits-sized defaults in `default_config`), MAP inference.
+Unknowns of the paper (SPEC §5.2), and our choices: U ('entropy'), λ and the number of iterations
+(chosen on validation data among `lam_sweep` × every `select_every` iterations up to `forget_steps`;
+`lam` is used when `lam_sweep` is empty), η, K, std_init, batch size (digits-sized defaults in
+`default_config`), MAP inference.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def default_config() -> ml_collections.ConfigDict:
     forget_steps, forget_batch_size: forgetting iterations and forget-set minibatch size (batches of
       min(forget_batch_size, |D_f|) forget samples, reshuffled every pass).
     lam: λ in (1−λ) E_q[U] + λ KL(q‖p), in [0, 1).
-    objective: U, one of 'entropy_other' | 'entropy' | 'neggrad' | 'bad_teacher' | 'random_label'.
+    objective: U, one of 'entropy' | 'entropy_other' | 'neggrad' | 'bad_teacher' | 'random_label'.
     bn_mode: 'eval' (default, running statistics frozen) or 'train' (batch statistics; running
       statistics advanced once per minibatch from the first MC sample, as in BGD's reference).
     vectorize: 'vmap' or 'scan' over the K samples (scan saves memory for large models).
@@ -116,8 +117,13 @@ def default_config() -> ml_collections.ConfigDict:
       (W/original/) when run through `jax_unlearn.api`, else in the method's workdir.
     lam_sweep: λ values; non-empty makes `run` choose λ on validation data (forget-val and retain-val
       accuracy; never test), which reads `ctx.data.forget_val` and `ctx.data.retain_val`.
-    sweep_max_forget_acc: the sweep keeps λ whose forget-val accuracy is <= this (percent) and picks
-      the best retain-val accuracy among them (else the lowest forget-val accuracy).
+    select_every: > 0 also chooses the number of forgetting iterations on validation data: every
+      `select_every` iterations (and after the last) each λ's μ_q is measured on forget-val and
+      retain-val, and the run returns the best (λ, iteration) pair by the sweep's rule (early
+      stopping; SPEC §5.2 leaves the iteration count open, the paper forgets "in a handful of
+      iterations"). 0: the iterate after `forget_steps` iterations.
+    sweep_max_forget_acc: the sweep keeps (λ, iteration) pairs whose forget-val accuracy is <= this
+      (percent) and picks the best retain-val accuracy among them (else the lowest forget-val accuracy).
     prep_seed_offset, forget_seed_offset: numpy shuffling seeds are config.seed + offset.
     checkpoint_every: forgetting steps per `lax.scan`ned chunk; after each chunk a progress line and
       (through `run`) an orbax checkpoint of the forgetting state. 0: one scan, no checkpoint.
@@ -128,9 +134,9 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       std_init=0.02, prep_mean_eta=0.0, mc_iters=4, prep_epochs=5, prep_batch_size=64,
       prep_bn_mode="eval", mean_eta=0.5, forget_steps=40, forget_batch_size=128, lam=0.1,
-      objective="entropy_other", bn_mode="eval", vectorize="vmap", max_std_ratio=1.0,
+      objective="entropy", bn_mode="eval", vectorize="vmap", max_std_ratio=1.0,
       posterior_path="",
-      lam_sweep=(),
+      lam_sweep=(0.02, 0.05, 0.1, 0.2), select_every=2,
       sweep_max_forget_acc=10.0, prep_seed_offset=1, forget_seed_offset=2, checkpoint_every=10,
       prep_checkpoint_every=1, matmul_convs=True))
 
@@ -161,7 +167,7 @@ def validate_config(cfg) -> None:
         "--config.distruction.mean_eta and prep_mean_eta must be >= 0")
   for f in ("mc_iters", "prep_batch_size", "forget_batch_size"):
     check(int(cfg[f]) >= 1, f"--config.distruction.{f} must be >= 1, got {cfg[f]}")
-  for f in ("prep_epochs", "forget_steps", "checkpoint_every", "prep_checkpoint_every"):
+  for f in ("prep_epochs", "forget_steps", "checkpoint_every", "prep_checkpoint_every", "select_every"):
     check(int(cfg[f]) >= 0, f"--config.distruction.{f} must be >= 0, got {cfg[f]}")
   check(float(cfg.max_std_ratio) >= 0, f"--config.distruction.max_std_ratio must be >= 0 (0 = off), got "
         f"{cfg.max_std_ratio}")
@@ -515,6 +521,12 @@ class ForgetBatches:
     return images, labels
 
 
+def _make_teacher(model, key, image_shape):
+  """A randomly initialised network of `model`'s architecture: the 'bad_teacher' objective's target."""
+  from jax_unlearn import models  # noqa: PLC0415
+  return models.init_variables(model, key, (1,) + tuple(image_shape))
+
+
 def _objective_target(objective, apply_fn, teacher, key, x, labels, num_classes):
   if objective == "bad_teacher":
     return jax.nn.softmax(apply_fn(teacher, x, train=False))
@@ -603,37 +615,74 @@ _HIST_KEYS = ("objective", "batch_acc", "std_ratio_mean", "std_ratio_max")
 # Forgetting fields that change the result: part of the checkpoint directory's name.
 _FORGET_FIELDS = ("mean_eta", "std_init", "objective", "mc_iters", "bn_mode", "vectorize",
                   "max_std_ratio", "forget_steps", "forget_batch_size", "forget_seed_offset",
-                  "checkpoint_every", "matmul_convs")
+                  "checkpoint_every", "matmul_convs", "select_every", "sweep_max_forget_acc")
 
 
-def _forget_ckpt_dir(ckpt_root: str, cfg, lams, key, posterior: BGDState, source) -> str:
+def _forget_ckpt_dir(ckpt_root: str, cfg, lams, key, posterior: BGDState, source,
+                     evaluate=None) -> str:
   """`ckpt_root/forget_<hash>`: the hash covers every input of the forgetting run (settings, λs, key,
-  posterior, forget set), so a changed config never resumes from another run's state."""
+  posterior, forget set, and the validation data of an iteration selection), so a changed config
+  never resumes from another run's state."""
   h = hashlib.sha1(json.dumps({f: str(cfg[f]) for f in _FORGET_FIELDS}).encode())
   h.update(np.asarray(lams, np.float32).tobytes())
   h.update(np.asarray(key_data(key)).tobytes())
   h.update(params_fingerprint(posterior.std).encode() + params_fingerprint(posterior.mean).encode())
   h.update(b"".join(sorted(source._fingerprints)))
+  if evaluate is not None:
+    h.update(getattr(evaluate, "fingerprint", b"select"))
   return os.path.join(ckpt_root, f"forget_{h.hexdigest()[:12]}")
+
+
+def chunk_ends(steps: int, every: int, select_every: int = 0) -> list[int]:
+  """Where the scanned chunks of a `steps`-iteration run end: every multiple of `every` (checkpoints)
+  and of `select_every` (validation), and `steps`."""
+  ends = set(range(every, steps, every)) | {steps}
+  if select_every:
+    ends |= set(range(select_every, steps, select_every))
+  return sorted(e for e in ends if e > 0)
+
+
+def selection_key(acc_forget: float, acc_retain: float, lam: float, step: int,
+                  max_forget_acc: float) -> tuple:
+  """Sort key of one (λ, iteration) candidate measured on validation data; the smallest key wins.
+
+  Candidates with forget-val accuracy <= `max_forget_acc` come first, by best retain-val accuracy,
+  then lower forget-val accuracy, smaller λ, fewer iterations; if none qualifies, the lowest forget-val
+  accuracy wins. A diverged (NaN) candidate is never chosen over a finite one."""
+  f, r = float(acc_forget), float(acc_retain)
+  if not (np.isfinite(f) and np.isfinite(r)):
+    return (2, 0.0, 0.0, float(lam), int(step))
+  if f <= float(max_forget_acc):
+    return (0, -r, f, float(lam), int(step))
+  return (1, f, -r, float(lam), int(step))
 
 
 def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info, cfg, key,
            lams: Sequence[float] | None = None, teacher=None, num_classes: int | None = None,
            log: Callable[[str], None] = print, raise_on_nonfinite: bool = True,
-           ckpt_dir: str | None = None):
+           ckpt_dir: str | None = None, evaluate: Callable | None = None):
   """Runs `cfg.forget_steps` DiStruction iterations from q = p for every λ in `lams` at once (vmap).
 
   The iterations run as `lax.scan`ned chunks of `cfg.checkpoint_every` steps (0: one scan over all
-  steps); the forget batches of a chunk are drawn from `source` (checked there) and stacked first.
-  With `ckpt_dir`, the state after every chunk (q, BN statistics, step, histories and the PRNG key)
-  is saved with orbax under `ckpt_dir/forget_<hash>`, and a run started again with the same inputs
-  resumes from it and ends with exactly the metrics of an uninterrupted run.
+  steps; `chunk_ends`); the forget batches of a chunk are drawn from `source` (checked there) and
+  stacked first. With `ckpt_dir`, the state after every chunk (q, BN statistics, step, histories, the
+  selection and the PRNG key) is saved with orbax under `ckpt_dir/forget_<hash>`, and a run started
+  again with the same inputs resumes from it and ends with exactly the result of an uninterrupted run.
 
-  `source` is the only data: a `ForgetBatches` over the forget set (an explicit argument so that no
-  retain data can reach this loop). Returns (qs, batch_stats, history): `qs` is a BGDState whose leaves
-  have a leading λ axis, `history` holds per-iteration arrays [steps+1, L] of 'kl' (0 at iteration 0),
-  and [steps, L] of 'objective', 'batch_acc', 'std_ratio_mean', 'std_ratio_max'. A run that produces
-  NaN/inf parameters raises NumericalError (naming the step; the last good checkpoint is kept), unless
+  `source` is the only data the iterations see: a `ForgetBatches` over the forget set (an explicit
+  argument so that no retain data can reach this loop).
+
+  Iteration selection (early stopping on validation data): with `evaluate` and `cfg.select_every`
+  > 0, `evaluate(qs, batch_stats) -> (acc_forget_val [L], acc_retain_val [L])` (percent, NaN for a
+  diverged λ) is called every `select_every` iterations and after the last, and each λ keeps the
+  iterate with the smallest `selection_key`. The returned `qs`/`batch_stats` are then those kept
+  iterates, and `history` also holds 'eval_steps' [E], 'val_forget'/'val_retain' [E, L],
+  'best_step' [L] (0: no finite iterate), 'best_forget_val'/'best_retain_val' [L].
+
+  Returns (qs, batch_stats, history): `qs` is a BGDState whose leaves have a leading λ axis, `history`
+  holds per-iteration arrays [steps+1, L] of 'kl' (0 at iteration 0), and [steps, L] of 'objective',
+  'batch_acc', 'std_ratio_mean', 'std_ratio_max'. A run that produces NaN/inf parameters raises
+  NumericalError (naming the steps; the last good checkpoint is kept), unless
   `raise_on_nonfinite=False` (then check `finite_mask(qs)`).
   """
   validate_config(cfg)
@@ -653,15 +702,27 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   stack = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (num_l,) + jnp.shape(a)), t)  # noqa
   steps = int(cfg.forget_steps)
   every = int(cfg.checkpoint_every) or max(steps, 1)
+  select_every = int(cfg.select_every) if evaluate is not None else 0
+  eval_steps = sorted(set(range(select_every, steps + 1, select_every)) | {steps}) if (
+      select_every and steps) else []
+  lam_list = [float(x) for x in np.asarray(lams)]
+  max_forget = float(cfg.sweep_max_forget_acc)
   batch_stats = variables.get("batch_stats")
   state = {"q": stack(posterior), "batch_stats": None if batch_stats is None else stack(batch_stats),
            "step": jnp.asarray(0, jnp.int32), "key": key_data(key),
            "kl": jnp.zeros((steps + 1, num_l), jnp.float32),
            **{k: jnp.zeros((steps, num_l), jnp.float32) for k in _HIST_KEYS}}
+  if eval_steps:
+    nan = jnp.full((num_l,), jnp.nan, jnp.float32)
+    state.update(best_q=state["q"], best_batch_stats=state["batch_stats"],
+                 best_step=jnp.zeros((num_l,), jnp.int32), best_forget_val=nan, best_retain_val=nan,
+                 val_forget=jnp.full((len(eval_steps), num_l), jnp.nan, jnp.float32),
+                 val_retain=jnp.full((len(eval_steps), num_l), jnp.nan, jnp.float32))
   ckptr = None
   if ckpt_dir and steps and int(cfg.checkpoint_every) > 0:
     from jax_unlearn.train.checkpoint import Checkpointer  # noqa: PLC0415
-    ckptr = Checkpointer(_forget_ckpt_dir(ckpt_dir, cfg, lams, key, posterior, source))
+    ckptr = Checkpointer(_forget_ckpt_dir(ckpt_dir, cfg, lams, key, posterior, source,
+                                          evaluate if eval_steps else None))
     if ckptr.latest_step() is not None:
       state = ckptr.restore(state)
       log(f"[distruction] resumed forgetting at step {int(state['step'])}/{steps} "
@@ -670,8 +731,10 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
   t0 = time.time()
   start = int(state["step"])
-  for c0 in range(start, steps, every):
-    c1 = min(c0 + every, steps)
+  c0 = start
+  for c1 in chunk_ends(steps, every, select_every):
+    if c1 <= start:
+      continue
     batches = [source.batch(t) for t in range(c0, c1)]  # each one checked: forget samples only
     images = np.stack([b[0] for b in batches])
     labels = np.stack([b[1] for b in batches])
@@ -688,18 +751,61 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
           f"DiStruction forgetting produced NaN/inf parameters between steps {c0 + 1} and {c1}; "
           f"{kept}: raise --config.distruction.lam or lower mean_eta (keep max_std_ratio=1), and run "
           "again")
+    last = jax.device_get({k: v[-1] for k, v in m.items()})
+    msg = (f"[distruction] forget step {c1}/{steps}: KL {_fmt(last['kl'], '.3f')} "
+           f"E_q[U] {_fmt(last['objective'], '.4f')} batch acc(mu) {_fmt(last['batch_acc'], '.1f')} "
+           f"sigma_q/sigma_p max {_fmt(last['std_ratio_max'], '.3f')}")
+    if c1 in eval_steps:
+      j = eval_steps.index(c1)
+      new = _select(new, c1, j, evaluate, live, lam_list, max_forget)
+      msg += (f" | val acc forget {_fmt(new['val_forget'][j], '.1f')} "
+              f"retain {_fmt(new['val_retain'][j], '.2f')}")
     state = new
     if ckptr is not None:
       ckptr.save(c1, state)
-    last = jax.device_get({k: v[-1] for k, v in m.items()})
-    log(f"[distruction] forget step {c1}/{steps}: KL {np.round(last['kl'], 3).tolist()} "
-        f"E_q[U] {np.round(last['objective'], 4).tolist()} batch acc(mu) "
-        f"{np.round(last['batch_acc'], 1).tolist()} sigma_q/sigma_p max "
-        f"{np.round(last['std_ratio_max'], 3).tolist()} ({time.time() - t0:.1f}s)")
+    log(f"{msg} ({time.time() - t0:.1f}s)")
+    c0 = c1
   if ckptr is not None:
     ckptr.close()
   history = {k: np.asarray(jax.device_get(state[k]), np.float32) for k in ("kl",) + _HIST_KEYS}
-  return state["q"], state["batch_stats"], history
+  if not eval_steps:
+    return state["q"], state["batch_stats"], history
+  history.update(eval_steps=np.asarray(eval_steps, np.int32),
+                 best_step=np.asarray(state["best_step"], np.int32),
+                 **{k: np.asarray(state[k], np.float32) for k in ("val_forget", "val_retain",
+                                                                  "best_forget_val", "best_retain_val")})
+  return state["best_q"], state["best_batch_stats"], history
+
+
+def _fmt(values, spec: str) -> str:
+  """'[a, b, ...]' of one value per λ, each formatted with `spec` (log lines)."""
+  return "[" + ", ".join(format(float(v), spec) for v in np.asarray(values).ravel()) + "]"
+
+
+def _select(state: dict, step: int, j: int, evaluate: Callable, live: np.ndarray,
+            lams: list[float], max_forget: float) -> dict:
+  """Measures every λ's μ_q at iteration `step` (eval index `j`) and keeps, per λ, the better of it and
+  the kept iterate by `selection_key` (host-side; the kept iterates are one `jnp.where` per leaf)."""
+  f, r = (np.asarray(a, np.float64) for a in evaluate(state["q"], state["batch_stats"]))
+  f, r = np.where(live, f, np.nan), np.where(live, r, np.nan)
+  best_f, best_r = np.asarray(state["best_forget_val"]), np.asarray(state["best_retain_val"])
+  best_t = np.asarray(state["best_step"])
+  better = np.asarray([selection_key(f[i], r[i], lams[i], step, max_forget) <
+                       selection_key(best_f[i], best_r[i], lams[i], best_t[i], max_forget)
+                       for i in range(len(lams))])
+  def keep(b, n):
+    return jnp.where(jnp.asarray(better).reshape((-1,) + (1,) * (n.ndim - 1)), n, b)
+  return dict(state,
+              best_q=jax.tree.map(keep, state["best_q"], state["q"]),
+              best_batch_stats=(None if state["batch_stats"] is None else
+                                jax.tree.map(keep, state["best_batch_stats"], state["batch_stats"])),
+              best_step=jnp.where(jnp.asarray(better), step, state["best_step"]).astype(jnp.int32),
+              best_forget_val=jnp.where(jnp.asarray(better), jnp.asarray(f, jnp.float32),
+                                        state["best_forget_val"]),
+              best_retain_val=jnp.where(jnp.asarray(better), jnp.asarray(r, jnp.float32),
+                                        state["best_retain_val"]),
+              val_forget=state["val_forget"].at[j].set(jnp.asarray(f, jnp.float32)),
+              val_retain=state["val_retain"].at[j].set(jnp.asarray(r, jnp.float32)))
 
 
 def finite_mask(qs: BGDState) -> np.ndarray:
@@ -718,8 +824,11 @@ def unlearned_variables(q: BGDState, batch_stats) -> dict:
   return _variables(q.mean, batch_stats)
 
 
-def write_kl_curve(workdir: str, lams, kl_history, name: str = "distruction_kl") -> tuple[str, str]:
-  """KL(q‖p) vs forgetting iteration, one line per λ (the paper's Figure 1): PNG + JSON in workdir."""
+def write_kl_curve(workdir: str, lams, kl_history, name: str = "distruction_kl",
+                   chosen: tuple[int, int] | None = None) -> tuple[str, str]:
+  """KL(q‖p) vs forgetting iteration, one line per λ (the paper's Figure 1): PNG + JSON in workdir.
+
+  `chosen` = (λ index, iteration) of the returned model marks it on the curve (and in the JSON)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -727,11 +836,17 @@ def write_kl_curve(workdir: str, lams, kl_history, name: str = "distruction_kl")
   kl = np.asarray(kl_history, np.float64)
   lams = [float(x) for x in lams]
   js = os.path.join(workdir, f"{name}.json")
-  atomic_write_json(js, {"iteration": list(range(kl.shape[0])), "lam": lams,
-                         "kl": {f"{lam:g}": kl[:, i].tolist() for i, lam in enumerate(lams)}})
+  out = {"iteration": list(range(kl.shape[0])), "lam": lams,
+         "kl": {f"{lam:g}": kl[:, i].tolist() for i, lam in enumerate(lams)}}
+  if chosen is not None:
+    out["chosen"] = {"lam": lams[chosen[0]], "iteration": int(chosen[1])}
+  atomic_write_json(js, out)
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for i, lam in enumerate(lams):
     ax.plot(np.arange(kl.shape[0]), kl[:, i], label=f"λ = {lam:g}")
+  if chosen is not None:
+    i, t = chosen
+    ax.plot([t], [kl[t, i]], "k*", markersize=10, label=f"returned (λ = {lams[i]:g}, it. {t})")
   ax.set_xlabel("forgetting iteration")
   ax.set_ylabel("KL(q ‖ p)")
   ax.set_title("DiStruction: KL penalty during forgetting")
@@ -748,42 +863,69 @@ def _accuracy(model, variables, split, info) -> float:
   return accuracy(model, variables, split, info)
 
 
+class Validator:
+  """`evaluate` for `forget`: each λ's μ_q accuracy (percent) on forget-val and retain-val.
+
+  Called with the λ-stacked (q, batch_stats); a λ whose parameters are not finite gets NaN. Its
+  `fingerprint` (of both validation splits) goes into the forgetting checkpoint's name."""
+
+  def __init__(self, model, val_forget, val_retain, info):
+    self.model, self.val_forget, self.val_retain, self.info = model, val_forget, val_retain, info
+    h = hashlib.sha1()
+    for split in (val_forget, val_retain):
+      h.update(np.ascontiguousarray(split.images, np.float32).tobytes())
+      h.update(np.ascontiguousarray(split.labels, np.int32).tobytes())
+    self.fingerprint = h.digest()
+
+  def __call__(self, qs: BGDState, batch_stats) -> tuple[np.ndarray, np.ndarray]:
+    live = finite_mask(qs)
+    f, r = np.full(live.shape, np.nan), np.full(live.shape, np.nan)
+    for i in np.flatnonzero(live):
+      v = unlearned_variables(take(qs, i), take(batch_stats, i))
+      f[i] = _accuracy(self.model, v, self.val_forget, self.info)
+      r[i] = _accuracy(self.model, v, self.val_retain, self.info)
+    return f, r
+
+
 def lambda_sweep(model, variables, posterior, source, val_forget, val_retain, info, cfg, key, lams,
                  teacher=None, log: Callable[[str], None] = print, ckpt_dir: str | None = None) -> dict:
-  """Chooses λ on validation data (SPEC §5.2: λ unknown): runs `forget` for all `lams` at once, then
-  measures each μ_q on `val_forget` and `val_retain` (never test data). Among λ with forget-val
-  accuracy <= cfg.sweep_max_forget_acc the best retain-val accuracy wins (ties: lower forget-val
-  accuracy, then smaller λ); if none qualifies, the lowest forget-val accuracy wins. A λ whose run
-  diverged (NaN/inf) gets NaN accuracies and is never chosen.
+  """Chooses λ (and, with `cfg.select_every` > 0, the number of iterations) on validation data
+  (SPEC §5.2: both unknown): runs `forget` for all `lams` at once and measures each μ_q on
+  `val_forget` and `val_retain` (never test data), after the last iteration or, with selection,
+  every `select_every` iterations. The smallest `selection_key` wins: among candidates with
+  forget-val accuracy <= cfg.sweep_max_forget_acc the best retain-val accuracy (ties: lower forget-val
+  accuracy, then smaller λ, then fewer iterations); if none qualifies, the lowest forget-val accuracy.
+  A diverged (NaN/inf) candidate is never chosen.
 
-  Returns {'lams', 'acc_forget_val', 'acc_retain_val', 'chosen', 'chosen_lam', 'q', 'batch_stats',
-  'history'} with `q`/`batch_stats` stacked over λ (use `take`)."""
+  Returns {'lams', 'acc_forget_val', 'acc_retain_val', 'steps' (each λ's chosen iteration), 'chosen',
+  'chosen_lam', 'chosen_steps', 'q', 'batch_stats', 'history'} with `q`/`batch_stats` stacked over λ
+  (use `take`)."""
   lams = [float(x) for x in lams]
+  validator = Validator(model, val_forget, val_retain, info)
+  selecting = int(cfg.select_every) > 0 and int(cfg.forget_steps) > 0
   q, bs, hist = forget(model.apply, variables, posterior, source, info, cfg, key, lams, teacher, log=log,
-                       raise_on_nonfinite=False, ckpt_dir=ckpt_dir)
-  finite = finite_mask(q)
-  if not finite.any():
+                       raise_on_nonfinite=False, ckpt_dir=ckpt_dir,
+                       evaluate=validator if selecting else None)
+  if selecting:
+    f_acc = hist["best_forget_val"].astype(float).tolist()
+    r_acc = hist["best_retain_val"].astype(float).tolist()
+    steps = hist["best_step"].astype(int).tolist()
+  else:
+    f_acc, r_acc = (a.tolist() for a in validator(q, bs))
+    steps = [int(cfg.forget_steps)] * len(lams)
+  max_f = float(cfg.sweep_max_forget_acc)
+  keys = [selection_key(f_acc[i], r_acc[i], lams[i], steps[i], max_f) for i in range(len(lams))]
+  if all(k[0] == 2 for k in keys):
     raise NumericalError("every lambda of the DiStruction sweep diverged to NaN/inf; add larger "
                          "lambdas to --config.distruction.lam_sweep or lower mean_eta, and run again")
-  f_acc, r_acc = [], []
-  for i in range(len(lams)):
-    if not finite[i]:
-      f_acc.append(float("nan")); r_acc.append(float("nan"))
-      continue
-    v = unlearned_variables(take(q, i), take(bs, i))
-    f_acc.append(_accuracy(model, v, val_forget, info))
-    r_acc.append(_accuracy(model, v, val_retain, info))
-  live = [i for i in range(len(lams)) if finite[i]]
-  ok = [i for i in live if f_acc[i] <= float(cfg.sweep_max_forget_acc)]
-  if ok:
-    chosen = min(ok, key=lambda i: (-r_acc[i], f_acc[i], lams[i]))
-  else:
-    chosen = min(live, key=lambda i: (f_acc[i], -r_acc[i], lams[i]))
+  chosen = min(range(len(lams)), key=keys.__getitem__)
   for i, lam in enumerate(lams):
-    log(f"[distruction] lambda {lam:g}: acc forget-val {f_acc[i]:.2f}%  retain-val {r_acc[i]:.2f}%"
+    at = f" at iteration {steps[i]}" if selecting else ""
+    log(f"[distruction] lambda {lam:g}{at}: acc forget-val {f_acc[i]:.2f}%  retain-val {r_acc[i]:.2f}%"
         f"{'  <- chosen' if i == chosen else ''}")
-  return {"lams": lams, "acc_forget_val": f_acc, "acc_retain_val": r_acc, "chosen": chosen,
-          "chosen_lam": lams[chosen], "q": q, "batch_stats": bs, "history": hist}
+  return {"lams": lams, "acc_forget_val": f_acc, "acc_retain_val": r_acc, "steps": steps,
+          "chosen": chosen, "chosen_lam": lams[chosen], "chosen_steps": steps[chosen], "q": q,
+          "batch_stats": bs, "history": hist}
 
 
 @base.register("distruction")
@@ -801,24 +943,32 @@ def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
              if cfg.objective == "bad_teacher" else None)
   t0 = time.time()
   extra = {}
-  if lam_values(cfg.lam_sweep):
+  steps = int(cfg.forget_steps)
+  if lam_values(cfg.lam_sweep) or int(cfg.select_every) > 0:
     sweep = lambda_sweep(ctx.model, ctx.original, posterior, source, ctx.data.forget_val,
-                         ctx.data.retain_val, info, cfg, k_forget, lam_values(cfg.lam_sweep), teacher,
-                         ctx.log, ckpt_dir=ctx.workdir)
-    lams, i = sweep["lams"], sweep["chosen"]
+                         ctx.data.retain_val, info, cfg, k_forget,
+                         lam_values(cfg.lam_sweep) or [float(cfg.lam)], teacher, ctx.log,
+                         ckpt_dir=ctx.workdir)
+    lams, i, steps = sweep["lams"], sweep["chosen"], sweep["chosen_steps"]
     q, bs, hist = take(sweep["q"], i), take(sweep["batch_stats"], i), sweep["history"]
-    extra = {"sweep": {k: sweep[k] for k in ("lams", "acc_forget_val", "acc_retain_val", "chosen_lam")}}
+    extra = {"sweep": {k: sweep[k] for k in ("lams", "acc_forget_val", "acc_retain_val", "steps",
+                                             "chosen_lam", "chosen_steps")}}
+    if "val_forget" in hist:
+      extra["selection"] = {"eval_steps": hist["eval_steps"].tolist(),
+                            "val_forget": hist["val_forget"].tolist(),
+                            "val_retain": hist["val_retain"].tolist()}
   else:
     lams, i = [float(cfg.lam)], 0
     qs, bss, hist = forget(ctx.model.apply, ctx.original, posterior, source, info, cfg, k_forget,
                            teacher=teacher, num_classes=ctx.num_classes, log=ctx.log,
                            ckpt_dir=ctx.workdir)
     q, bs = take(qs, 0), take(bss, 0)
-  png, js = write_kl_curve(ctx.workdir, lams, hist["kl"])
+  png, js = write_kl_curve(ctx.workdir, lams, hist["kl"], chosen=(i, steps))
   variables = unlearned_variables(q, bs)
-  info_out = {"lam": lams[i], "objective": cfg.objective, "forget_steps": int(cfg.forget_steps),
-              "kl_final": float(hist["kl"][-1, i]), "kl_curve_png": png, "kl_curve_json": js,
-              "forget_batch_acc_final": (float(hist["batch_acc"][-1, i]) if len(hist["batch_acc"])
+  info_out = {"lam": lams[i], "objective": cfg.objective, "forget_steps": steps,
+              "forget_steps_run": int(cfg.forget_steps),
+              "kl_final": float(hist["kl"][steps, i]), "kl_curve_png": png, "kl_curve_json": js,
+              "forget_batch_acc_final": (float(hist["batch_acc"][steps - 1, i]) if steps > 0
                                          else None),
               "forget_s": time.time() - t0, **extra}
   return base.UnlearnResult(variables=variables, info=info_out)
