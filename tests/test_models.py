@@ -65,3 +65,18 @@ def test_unknown_model_is_a_config_error():
   from jax_unlearn.errors import ConfigError
   with pytest.raises(ConfigError, match="--config.model.name"):
     models.create_classifier(ml_collections.ConfigDict(dict(name="vgg")), 10)
+
+
+@pytest.mark.parametrize("name,conv_bias,width", [("dfq", False, 4), ("zskt", True, 2)])
+def test_generator_parameter_tree_is_stable(name, conv_bias, width):
+  """Layer names and shapes are part of saved checkpoints: pin them (both generators share one body)."""
+  g = models.create_generator(name, 8, 1, nz=16, ngf=4)
+  shapes = jax.tree.map(jnp.shape, jax.eval_shape(g.init, jax.random.key(0), jnp.zeros((2, 16))))
+  p = shapes["params"]
+  assert p["Dense_0"] == {"kernel": (16, width * 4 * 2 * 2), "bias": (width * 4 * 2 * 2,)}
+  conv = {"Conv_0": (3, 3, width * 4, 8), "Conv_1": (3, 3, 8, 4)}
+  for k, shape in conv.items():
+    assert p[k]["kernel"] == shape and ("bias" in p[k]) == conv_bias
+  assert p["Conv_2"] == {"kernel": (3, 3, 4, 1), "bias": (1,)}
+  n_bn = 4 if name == "zskt" else 3
+  assert sorted(shapes["batch_stats"]) == [f"BatchNorm_{i}" for i in range(n_bn)]

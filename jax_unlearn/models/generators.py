@@ -32,6 +32,21 @@ def _check_size(img_size):
     raise ValueError(f"generator image size must be divisible by 4, got {img_size}")
 
 
+def _trunk(z, train: bool, *, width: int, ngf: int, img_size: int, channels: int, conv_bias: bool):
+  """Linear(width·s²) -> BN -> up -> conv(2ngf)-BN-LReLU -> up -> conv(ngf)-BN-LReLU -> conv(channels),
+  s = img_size / 4: the body both generators share. Called inside a compact `__call__`, so its layers
+  are the caller's own (Dense_0, BatchNorm_0..2, Conv_0..2)."""
+  _check_size(img_size)
+  s = img_size // 4
+  x = nn.Dense(width * s * s, kernel_init=torch_default_init)(z)
+  x = _bn(train)(x.reshape(z.shape[0], width, s, s).transpose(0, 2, 3, 1))
+  for feats in (2 * ngf, ngf):
+    x = _up2(x)
+    x = nn.Conv(feats, (3, 3), use_bias=conv_bias, kernel_init=torch_default_init)(x)
+    x = nn.leaky_relu(_bn(train)(x), 0.2)
+  return nn.Conv(channels, (3, 3), kernel_init=torch_default_init)(x)
+
+
 class DFQGenerator(nn.Module):
   """Linear -> BN -> up -> conv(2ngf)-BN-LReLU -> up -> conv(ngf)-BN-LReLU -> conv(C) -> sigmoid."""
   nz: int = 256
@@ -41,18 +56,8 @@ class DFQGenerator(nn.Module):
 
   @nn.compact
   def __call__(self, z, train: bool = True):
-    _check_size(self.img_size)
-    s = self.img_size // 4
-    x = nn.Dense(4 * self.ngf * s * s, kernel_init=torch_default_init)(z)
-    x = _bn(train)(x.reshape(z.shape[0], 4 * self.ngf, s, s).transpose(0, 2, 3, 1))
-    x = _up2(x)
-    x = nn.leaky_relu(_bn(train)(nn.Conv(2 * self.ngf, (3, 3), use_bias=False,
-                                         kernel_init=torch_default_init)(x)), 0.2)
-    x = _up2(x)
-    x = nn.leaky_relu(_bn(train)(nn.Conv(self.ngf, (3, 3), use_bias=False,
-                                         kernel_init=torch_default_init)(x)), 0.2)
-    x = nn.Conv(self.channels, (3, 3), kernel_init=torch_default_init)(x)
-    return nn.sigmoid(x)
+    return nn.sigmoid(_trunk(z, train, width=4 * self.ngf, ngf=self.ngf, img_size=self.img_size,
+                             channels=self.channels, conv_bias=False))
 
 
 class ZSKTGenerator(nn.Module):
@@ -64,15 +69,8 @@ class ZSKTGenerator(nn.Module):
 
   @nn.compact
   def __call__(self, z, train: bool = True):
-    _check_size(self.img_size)
-    s = self.img_size // 4
-    x = nn.Dense(2 * self.ngf * s * s, kernel_init=torch_default_init)(z)
-    x = _bn(train)(x.reshape(z.shape[0], 2 * self.ngf, s, s).transpose(0, 2, 3, 1))
-    x = _up2(x)
-    x = nn.leaky_relu(_bn(train)(nn.Conv(2 * self.ngf, (3, 3), kernel_init=torch_default_init)(x)), 0.2)
-    x = _up2(x)
-    x = nn.leaky_relu(_bn(train)(nn.Conv(self.ngf, (3, 3), kernel_init=torch_default_init)(x)), 0.2)
-    x = nn.Conv(self.channels, (3, 3), kernel_init=torch_default_init)(x)
+    x = _trunk(z, train, width=2 * self.ngf, ngf=self.ngf, img_size=self.img_size,
+               channels=self.channels, conv_bias=True)
     return _bn(train)(x)
 
 
