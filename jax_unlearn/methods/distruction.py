@@ -664,10 +664,11 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   """Runs `cfg.forget_steps` DiStruction iterations from q = p for every λ in `lams` at once (vmap).
 
   The iterations run as `lax.scan`ned chunks of `cfg.checkpoint_every` steps (0: one scan over all
-  steps; `chunk_ends`); the forget batches of a chunk are drawn from `source` (checked there) and
-  stacked first. With `ckpt_dir`, the state after every chunk (q, BN statistics, step, histories, the
-  selection and the PRNG key) is saved with orbax under `ckpt_dir/forget_<hash>`, and a run started
-  again with the same inputs resumes from it and ends with exactly the result of an uninterrupted run.
+  steps), split further at every validation step (`chunk_ends`); the forget batches of a chunk are
+  drawn from `source` (checked there) and stacked first. With `ckpt_dir`, the state every
+  `checkpoint_every` steps and at the end (q, BN statistics, step, histories, the selection and the
+  PRNG key) is saved with orbax under `ckpt_dir/forget_<hash>`, and a run started again with the same
+  inputs resumes from it and ends with exactly the result of an uninterrupted run.
 
   `source` is the only data the iterations see: a `ForgetBatches` over the forget set (an explicit
   argument so that no retain data can reach this loop).
@@ -761,7 +762,7 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
       msg += (f" | val acc forget {_fmt(new['val_forget'][j], '.1f')} "
               f"retain {_fmt(new['val_retain'][j], '.2f')}")
     state = new
-    if ckptr is not None:
+    if ckptr is not None and (c1 % every == 0 or c1 == steps):  # not at the extra validation ends
       ckptr.save(c1, state)
     log(f"{msg} ({time.time() - t0:.1f}s)")
     c0 = c1
