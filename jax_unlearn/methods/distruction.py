@@ -618,12 +618,18 @@ _FORGET_FIELDS = ("mean_eta", "std_init", "objective", "mc_iters", "bn_mode", "v
                   "checkpoint_every", "matmul_convs", "select_every", "sweep_max_forget_acc")
 
 
+# Version of the forgetting checkpoint's state layout: a change starts a new directory instead of
+# failing to restore an old one (2: iteration selection, without stored best accuracies).
+_FORGET_CKPT_LAYOUT = 2
+
+
 def _forget_ckpt_dir(ckpt_root: str, cfg, lams, key, posterior: BGDState, source,
                      evaluate=None) -> str:
   """`ckpt_root/forget_<hash>`: the hash covers every input of the forgetting run (settings, λs, key,
   posterior, forget set, and the validation data of an iteration selection), so a changed config
   never resumes from another run's state."""
   h = hashlib.sha1(json.dumps({f: str(cfg[f]) for f in _FORGET_FIELDS}).encode())
+  h.update(f"layout{_FORGET_CKPT_LAYOUT}".encode())
   h.update(np.asarray(lams, np.float32).tobytes())
   h.update(np.asarray(key_data(key)).tobytes())
   h.update(params_fingerprint(posterior.std).encode() + params_fingerprint(posterior.mean).encode())
@@ -714,9 +720,8 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
            "kl": jnp.zeros((steps + 1, num_l), jnp.float32),
            **{k: jnp.zeros((steps, num_l), jnp.float32) for k in _HIST_KEYS}}
   if eval_steps:
-    nan = jnp.full((num_l,), jnp.nan, jnp.float32)
     state.update(best_q=state["q"], best_batch_stats=state["batch_stats"],
-                 best_step=jnp.zeros((num_l,), jnp.int32), best_forget_val=nan, best_retain_val=nan,
+                 best_step=jnp.zeros((num_l,), jnp.int32),
                  val_forget=jnp.full((len(eval_steps), num_l), jnp.nan, jnp.float32),
                  val_retain=jnp.full((len(eval_steps), num_l), jnp.nan, jnp.float32))
   ckptr = None
@@ -758,7 +763,7 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
            f"sigma_q/sigma_p max {_fmt(last['std_ratio_max'], '.3f')}")
     if c1 in eval_steps:
       j = eval_steps.index(c1)
-      new = _select(new, c1, j, evaluate, live, lam_list, max_forget)
+      new = _select(new, eval_steps, j, evaluate, live, lam_list, max_forget)
       msg += (f" | val acc forget {_fmt(new['val_forget'][j], '.1f')} "
               f"retain {_fmt(new['val_retain'][j], '.2f')}")
     state = new
@@ -771,10 +776,11 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   history = {k: np.asarray(jax.device_get(state[k]), np.float32) for k in ("kl",) + _HIST_KEYS}
   if not eval_steps:
     return state["q"], state["batch_stats"], history
-  history.update(eval_steps=np.asarray(eval_steps, np.int32),
-                 best_step=np.asarray(state["best_step"], np.int32),
-                 **{k: np.asarray(state[k], np.float32) for k in ("val_forget", "val_retain",
-                                                                  "best_forget_val", "best_retain_val")})
+  best_step = np.asarray(state["best_step"], np.int32)
+  val = {k: np.asarray(state[k], np.float32) for k in ("val_forget", "val_retain")}
+  history.update(eval_steps=np.asarray(eval_steps, np.int32), best_step=best_step, **val,
+                 best_forget_val=_at_steps(val["val_forget"], eval_steps, best_step),
+                 best_retain_val=_at_steps(val["val_retain"], eval_steps, best_step))
   return state["best_q"], state["best_batch_stats"], history
 
 
@@ -783,14 +789,23 @@ def _fmt(values, spec: str) -> str:
   return "[" + ", ".join(format(float(v), spec) for v in np.asarray(values).ravel()) + "]"
 
 
-def _select(state: dict, step: int, j: int, evaluate: Callable, live: np.ndarray,
+def _at_steps(values, eval_steps: list[int], steps) -> np.ndarray:
+  """values[j(t_i), i] per λ i, with j(t) the index of iteration t in `eval_steps` (NaN for t = 0)."""
+  values = np.asarray(values, np.float32)
+  return np.asarray([values[eval_steps.index(int(t)), i] if int(t) else np.nan
+                     for i, t in enumerate(np.asarray(steps))], np.float32)
+
+
+def _select(state: dict, eval_steps: list[int], j: int, evaluate: Callable, live: np.ndarray,
             lams: list[float], max_forget: float) -> dict:
-  """Measures every λ's μ_q at iteration `step` (eval index `j`) and keeps, per λ, the better of it and
-  the kept iterate by `selection_key` (host-side; the kept iterates are one `jnp.where` per leaf)."""
+  """Measures every λ's μ_q at iteration `eval_steps[j]` and keeps, per λ, the better of it and the
+  kept iterate by `selection_key` (host-side; the kept iterates are one `jnp.where` per leaf)."""
+  step = eval_steps[j]
   f, r = (np.asarray(a, np.float64) for a in evaluate(state["q"], state["batch_stats"]))
   f, r = np.where(live, f, np.nan), np.where(live, r, np.nan)
-  best_f, best_r = np.asarray(state["best_forget_val"]), np.asarray(state["best_retain_val"])
   best_t = np.asarray(state["best_step"])
+  best_f = _at_steps(state["val_forget"], eval_steps, best_t)
+  best_r = _at_steps(state["val_retain"], eval_steps, best_t)
   better = np.asarray([selection_key(f[i], r[i], lams[i], step, max_forget) <
                        selection_key(best_f[i], best_r[i], lams[i], best_t[i], max_forget)
                        for i in range(len(lams))])
@@ -801,10 +816,6 @@ def _select(state: dict, step: int, j: int, evaluate: Callable, live: np.ndarray
               best_batch_stats=(None if state["batch_stats"] is None else
                                 jax.tree.map(keep, state["best_batch_stats"], state["batch_stats"])),
               best_step=jnp.where(jnp.asarray(better), step, state["best_step"]).astype(jnp.int32),
-              best_forget_val=jnp.where(jnp.asarray(better), jnp.asarray(f, jnp.float32),
-                                        state["best_forget_val"]),
-              best_retain_val=jnp.where(jnp.asarray(better), jnp.asarray(r, jnp.float32),
-                                        state["best_retain_val"]),
               val_forget=state["val_forget"].at[j].set(jnp.asarray(f, jnp.float32)),
               val_retain=state["val_retain"].at[j].set(jnp.asarray(r, jnp.float32)))
 
