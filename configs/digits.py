@@ -46,7 +46,7 @@ def _digits_methods(c):
   if "ssd" in c:
     c.ssd.alpha = 8.5
   if "ispf" in c:
-    # The paper's generator (ngf 64) and 30 epochs: at ngf 32 / 20 epochs ISPF's retain accuracy fell
-    # below GKT's on class 3; at this budget ISPF >= GKT on classes 1, 3 and 8 (BUILD_NOTES, issue 3).
+    # The paper's generator (ngf 64) and 30 epochs (ngf 32 / 20 epochs was too small); the reference's
+    # cosine T_max 200 is kept. ISPF vs GKT retain accuracy at this budget: BUILD_NOTES, issue 3.
     c.ispf.update(epochs=30, warmup=2, loops_per_epoch=5, kd_steps=10, batch_size=128, lr=0.05,
                   tau=0.01, ngf=64)
