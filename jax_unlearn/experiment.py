@@ -23,10 +23,18 @@ from jax_unlearn.train import checkpoint
 _NOT_FINGERPRINTED = ("method", "methods", "seeds", "seed")
 
 
+def _model_dict(config) -> dict:
+  d = config.model.to_dict()
+  if not d.get("fast_cpu_kernels"):  # off: the same hashes as before the field existed
+    d.pop("fast_cpu_kernels", None)
+  return d
+
+
 def fingerprint(config) -> str:
   d = {k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED}
   if not d.get("xla_cpu_flags"):  # no flags: the same fingerprint as before the field existed
     d.pop("xla_cpu_flags", None)
+  d["model"] = _model_dict(config)
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -44,7 +52,7 @@ def shadow_dir(config, workdir: str) -> str:
   mcfg, mseed = metrics.resolve_config(config)
   dataset = {k: v for k, v in config.dataset.to_dict().items() if k not in ("data_dir", "download")}
   shadow_fields = {k: mcfg[k] for k in mcfg if k.startswith("shadow_") or k in _SHADOW_METRIC_FIELDS}
-  d = {"dataset": dataset, "model": config.model.to_dict(), "forget": config.forget.to_dict(),
+  d = {"dataset": dataset, "model": _model_dict(config), "forget": config.forget.to_dict(),
        "seed": int(config.seed), "metric_seed": mseed, "metrics": shadow_fields}
   h = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
   return os.path.join(os.path.abspath(workdir), "shadows",

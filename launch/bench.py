@@ -1,6 +1,6 @@
 """JAX vs PyTorch on the hot paths, and the vmapped sweep vs sequential runs:
 python -m launch.bench --size=paper --out=bench.json   (pip install -e ".[bench]" for the PyTorch side)
-[--reps=2] [--workloads=train_step,ispf_loop,lfssd] [--nosweep] [--notorch] [--xla_cpu_flags=...]"""
+[--reps=2] [--workloads=train_step,ispf_loop,lfssd] [--nosweep] [--notorch] [--xla_cpu_flags=...] [--[no]fast_cpu_kernels]"""
 
 import importlib.util
 import json
@@ -18,6 +18,8 @@ _TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch side (skipped if tor
 _SWEEP = flags.DEFINE_bool("sweep", True, "Time the 10-class digits ISPF sweep vs sequential runs.")
 _XLA = flags.DEFINE_string("xla_cpu_flags", None, "XLA flags set before JAX starts (default: "
                            "config.xla_cpu_flags of configs/cifar10_allcnn.py or configs/digits.py).")
+_BN = flags.DEFINE_bool("fast_cpu_kernels", None, "The JAX AllCNN's model.fast_cpu_kernels (default: "
+                        "config.model.fast_cpu_kernels of the configs of --size).")
 _ONLY = flags.DEFINE_list("workloads", ["train_step", "ispf_loop", "lfssd"], "Which JAX-vs-PyTorch "
                           "workloads to time (train_step, ispf_loop, lfssd).")
 
@@ -25,10 +27,12 @@ _ONLY = flags.DEFINE_list("workloads", ["train_step", "ispf_loop", "lfssd"], "Wh
 def main(argv):
   del argv
   from jax_unlearn import cli, xla_flags
+  from configs import cifar10_allcnn, digits
+  size_config = {"paper": cifar10_allcnn, "digits": digits}[_SIZE.value].get_config()
   wanted = _XLA.value
   if wanted is None:  # the flags the configs of this size run with, read from those configs
-    from configs import cifar10_allcnn, digits
-    wanted = {"paper": cifar10_allcnn, "digits": digits}[_SIZE.value].get_config().xla_cpu_flags
+    wanted = size_config.xla_cpu_flags
+  fast_cpu_kernels = size_config.model.fast_cpu_kernels if _BN.value is None else _BN.value
   cli.run_main(lambda: xla_flags.apply(wanted))  # a malformed flag: one `error:` line, exit 2
   compile_cache.setup()
   from jax_unlearn.bench import harness
@@ -39,7 +43,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown --workloads {sorted(unknown)}; choose from {', '.join(harness.WORKLOADS)}")
   res = harness.run(_SIZE.value, _REPS.value, torch_side=use_torch, sweep_bench=_SWEEP.value,
-                    workloads=tuple(_ONLY.value))
+                    workloads=tuple(_ONLY.value), fast_cpu_kernels=fast_cpu_kernels)
   res["compile"] = compile_cache.stats()
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, "w") as f:

@@ -69,6 +69,11 @@ def test_torch_postfilter_equals_jax_postfilter():
 
 @pytest.mark.slow
 def test_sweep_vs_sequential_reports_speedup(tiny):
-  out = harness.sweep_vs_sequential(reps=1, n_classes=2, variants=("matmul",))
+  out = harness.sweep_vs_sequential(reps=1, n_classes=2, variants=("matmul",), peak=100.0)
   assert out["runs"] == 2 and out["sequential_s"] > 0 and out["vmap_matmul_conv_s"] > 0
   assert out["sweep_speedup_vs_sequential"] == pytest.approx(out["vmap_matmul_conv_speedup_vs_sequential"])
+  # Both sides do the same FLOPs, so their GFLOP/s ratio is the measured speed-up.
+  assert out["gflop_total"] > 0
+  assert out["vmap_matmul_conv_gflop_per_s"] / out["sequential_gflop_per_s"] == pytest.approx(
+      out["vmap_matmul_conv_speedup_vs_sequential"])
+  assert out["speedup_bound_at_matmul_peak"] == pytest.approx(100.0 / out["sequential_gflop_per_s"])

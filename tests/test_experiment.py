@@ -47,3 +47,19 @@ def test_experiment_writes_table_and_reuses_rows_and_shadows(tmp_path):
     again = json.load(f)
   strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "info")} for r in rows]  # noqa
   assert strip(again["rows"]) == strip(table["rows"])
+
+
+def test_fast_cpu_kernels_off_keeps_the_old_hashes():
+  """`model.fast_cpu_kernels` off hashes as if the field did not exist (workdirs made before it stay
+  valid); on, it is a different configuration."""
+  from configs import digits
+  from jax_unlearn import experiment
+  c = digits.get_config()
+  old = digits.get_config()
+  with old.unlocked():
+    del old.model["fast_cpu_kernels"]
+  assert experiment.fingerprint(c) == experiment.fingerprint(old)
+  assert experiment.shadow_dir(c, "/w") == experiment.shadow_dir(old, "/w")
+  c.model.fast_cpu_kernels = True
+  assert experiment.fingerprint(c) != experiment.fingerprint(old)
+  assert experiment.shadow_dir(c, "/w") != experiment.shadow_dir(old, "/w")

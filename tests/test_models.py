@@ -80,3 +80,105 @@ def test_generator_parameter_tree_is_stable(name, conv_bias, width):
   assert p["Conv_2"] == {"kernel": (3, 3, 4, 1), "bias": (1,)}
   n_bn = 4 if name == "zskt" else 3
   assert sorted(shapes["batch_stats"]) == [f"BatchNorm_{i}" for i in range(n_bn)]
+
+
+def test_batch_norm_train_equals_flax_batchnorm():
+  """`layers.batch_norm_train` (GEMV statistics, closed-form VJP) against `flax.linen.BatchNorm`:
+  output, statistics, and the gradients of a loss that reads y, mean and var."""
+  import flax.linen as nn
+  from jax_unlearn.models import layers
+  x = jax.random.normal(jax.random.key(0), (6, 5, 7, 12)) * 2.0 + 1.0
+  scale = jax.random.normal(jax.random.key(1), (12,))
+  bias = jax.random.normal(jax.random.key(2), (12,))
+  w = jax.random.normal(jax.random.key(3), x.shape)
+  u = jax.random.normal(jax.random.key(4), (2, 12))
+
+  def flax_bn(x, scale, bias):
+    y, upd = nn.BatchNorm(use_running_average=False, momentum=0.0, epsilon=1e-5).apply(
+        {"params": {"scale": scale, "bias": bias},
+         "batch_stats": {"mean": jnp.zeros(12), "var": jnp.ones(12)}}, x, mutable=["batch_stats"])
+    return y, upd["batch_stats"]["mean"], upd["batch_stats"]["var"]  # momentum 0: the batch stats
+
+  def loss(bn):
+    def f(x, scale, bias):
+      y, mean, var = bn(x, scale, bias)
+      return jnp.sum(y * w) + jnp.sum(y ** 2) + mean @ u[0] + var @ u[1]
+    return f
+
+  mine = layers.batch_norm_train(x, scale, bias, 1e-5)
+  ref = flax_bn(x, scale, bias)
+  chex.assert_trees_all_close(mine, ref, rtol=1e-5, atol=1e-5)
+  g_mine = jax.grad(loss(lambda *a: layers.batch_norm_train(*a, 1e-5)), (0, 1, 2))(x, scale, bias)
+  g_ref = jax.grad(loss(flax_bn), (0, 1, 2))(x, scale, bias)
+  chex.assert_trees_all_close(g_mine, g_ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(layers.column_sums(x.reshape(-1, 12)), x.sum((0, 1, 2)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["allcnn", "resnet18"])
+def test_fast_cpu_kernels_model_matches_flax_batchnorm(name):
+  """`config.model.fast_cpu_kernels`: same variable tree, same logits, running statistics and parameter
+  gradients as the Flax BN model (to float rounding); eval mode and masked calls are unchanged."""
+  cfg = dict(name=name, width=0.25)
+  plain = models.create_classifier(ml_collections.ConfigDict(cfg), 10)
+  dot = models.create_classifier(ml_collections.ConfigDict(dict(cfg, fast_cpu_kernels=True)), 10)
+  v = models.init_variables(plain, jax.random.key(0), (1, 16, 16, 3))
+  chex.assert_trees_all_equal_shapes(v, models.init_variables(dot, jax.random.key(0), (1, 16, 16, 3)))
+  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+
+  def step(m):
+    def loss(p):
+      logits, upd = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+                            mutable=["batch_stats"])
+      return jnp.sum(logits ** 2), (logits, upd["batch_stats"])
+    return jax.grad(loss, has_aux=True)(v["params"])
+
+  (g_p, (l_p, s_p)), (g_d, (l_d, s_d)) = step(plain), step(dot)
+  chex.assert_trees_all_close(l_d, l_p, rtol=1e-4, atol=1e-4)
+  chex.assert_trees_all_close(s_d, s_p, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(g_d, g_p, rtol=1e-3, atol=1e-4)
+  np.testing.assert_array_equal(dot.apply(v, x), plain.apply(v, x))  # eval mode: Flax's path
+  keep = jnp.array([1, 0, 1, 1], bool)
+  np.testing.assert_array_equal(dot.apply(v, x, train=True, mask=keep, mutable=["batch_stats"])[0],
+                                plain.apply(v, x, train=True, mask=keep, mutable=["batch_stats"])[0])
+
+
+@pytest.mark.parametrize("h,k,s,pad", [
+    (8, 3, 2, ((1, 1), (1, 1))),   # AllCNN's stride-2 layers (even size: the interleave path)
+    (9, 3, 2, ((1, 1), (1, 1))),   # odd size: phases of unequal length
+    (8, 1, 2, ((0, 0), (0, 0))),   # ResNet shortcut: some phases have no taps (zero gradient)
+    (7, 3, 3, ((1, 2), (0, 1))),   # stride 3, asymmetric padding
+    (8, 5, 2, ((2, 2), (2, 2))),
+])
+def test_phase_grad_conv_equals_lax_conv_gradients(h, k, s, pad):
+  from jax_unlearn.models import conv
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, h, h + 1, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+  lax_conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+      x, w, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = lax_conv(x, w)
+  np.testing.assert_array_equal(conv.phase_grad_conv(x, w, (s, s), pad), y)  # forward is lax's
+  dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  want = jax.vjp(lax_conv, x, w)[1](dy)
+  got = jax.vjp(lambda x, w: conv.phase_grad_conv(x, w, (s, s), pad), x, w)[1](dy)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+  chex.assert_shape(got[0], x.shape)
+
+
+def test_loop_safe_interceptor_replaces_the_phase_grad_conv():
+  """A `fast_cpu_kernels` model under `loop_safe_convs()` (the scanned engines) gets the loop-safe conv
+  in every layer, not the phase-gradient one."""
+  from jax_unlearn.models import conv
+  m = models.AllCNN(num_classes=10, width=0.25, fast_cpu_kernels=True)
+  v = models.init_variables(m, jax.random.key(0), (1, 8, 8, 1))
+  seen = []
+
+  import flax.linen as nn
+
+  def spy(next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and isinstance(context.module, nn.Conv):
+      seen.append(context.module.conv_general_dilated)
+    return next_fun(*args, **kwargs)
+  with conv.loop_safe_convs(), nn.intercept_methods(spy):
+    m.apply(v, jnp.ones((2, 8, 8, 1)), train=True, mutable=["batch_stats"])
+  assert len(seen) == 8 and all(c is conv.loop_safe_conv_general_dilated for c in seen)

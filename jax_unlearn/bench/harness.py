@@ -28,8 +28,8 @@ SIZES = {
     # AllCNN width 1 on 32x32x3, batch 256 (the paper's CIFAR/SVHN setting, ISPF generator ngf 64).
     "paper": dict(shape=(32, 32, 3), width=1.0, train_batch=256, ispf_batch=256, ngf=64, nz=256,
                   lfssd_batch=256, lfssd_images=512),
-    # configs/digits.py: AllCNN width 0.25 on 8x8x1, batch 64; ISPF batch 128, ngf 32.
-    "digits": dict(shape=(8, 8, 1), width=0.25, train_batch=64, ispf_batch=128, ngf=32, nz=256,
+    # configs/digits.py: AllCNN width 0.25 on 8x8x1, batch 64; ISPF batch 128, ngf 64.
+    "digits": dict(shape=(8, 8, 1), width=0.25, train_batch=64, ispf_batch=128, ngf=64, nz=256,
                    lfssd_batch=128, lfssd_images=512),
 }
 K = 10
@@ -101,7 +101,7 @@ def jax_train_step(sz, conv=None):
   `model.apply` as `supervised.create_train_state` gives it; `conv='loop_safe'` gives the state
   `models.conv.with_loop_safe_convs(model.apply)` instead (faster without `xla_flags.FAST_CPU_CONVS`)."""
   import ml_collections  # noqa: PLC0415
-  model = AllCNN(K, sz["width"])
+  model = AllCNN(K, sz["width"], fast_cpu_kernels=sz.get("fast_cpu_kernels", False))
   tcfg = ml_collections.ConfigDict(dict(lr=0.05, momentum=0.9, weight_decay=1e-4, milestones=(), gamma=0.1))
   state = supervised.create_train_state(model, jax.random.key(0), sz["shape"],
                                         supervised.make_optimizer(tcfg, 100))
@@ -128,7 +128,7 @@ def _ispf_engine(sz, loops=1, conv=None):
   cfg.update(dict(batch_size=sz["ispf_batch"], ngf=sz["ngf"], nz=sz["nz"], kd_steps=10, g_steps=1,
                   loops_per_epoch=loops, warmup=0, epochs=1))
   h, _, c = sz["shape"]
-  model = AllCNN(K, sz["width"])
+  model = AllCNN(K, sz["width"], fast_cpu_kernels=sz.get("fast_cpu_kernels", False))
   teacher = init_variables(model, jax.random.key(0), (1,) + sz["shape"])
   gen = create_generator("dfq", h, c, nz=sz["nz"], ngf=sz["ngf"])
   eng = distill.make_engine(model, model, gen, cfg, num_classes=K, mean=MEAN * c, std=STD * c)
@@ -173,7 +173,7 @@ def jax_ispf_loop(sz, conv=None):
 
 def jax_lfssd(sz):
   """`lfssd.lfssd_importance` ('reference' mode) over `lfssd_images` images in `lfssd_batch` batches."""
-  model = AllCNN(K, sz["width"])
+  model = AllCNN(K, sz["width"], fast_cpu_kernels=sz.get("fast_cpu_kernels", False))
   v = init_variables(model, jax.random.key(0), (1,) + sz["shape"])
   n, b = sz["lfssd_images"], sz["lfssd_batch"]
   x = np.random.default_rng(0).random((n,) + sz["shape"], dtype=np.float32)
@@ -197,13 +197,18 @@ def _torch_workload(ts, name, sz):
   return ts.make_lfssd_importance(sz["shape"], K, sz["width"], sz["lfssd_batch"], sz["lfssd_images"])
 
 
-def sweep_vs_sequential(reps, n_classes=10, loops=1, variants=("matmul", "lax")):
+def sweep_vs_sequential(reps, n_classes=10, loops=1, variants=("matmul", "lax"), peak=None):
   """The 10-class digits ISPF sweep: R runs (one forget class each, own key) as one vmapped program
   vs the same R runs one after another (`distill.run_epoch`, one shared compiled program). Same total
-  steps: R x loops x (1 + 10) steps. Timed interleaved."""
+  steps: R x loops x (1 + 10) steps. Timed interleaved.
+
+  With `peak` (matmul GFLOP/s) it also reports each side's share of it and
+  `speedup_bound_at_matmul_peak` = peak / the sequential runs' GFLOP/s: the speed-up a vmapped program
+  would show if every FLOP of it ran at the matmul peak (both sides do the same FLOPs)."""
   sz = SIZES["digits"]
   cfg, eng, teacher = _ispf_engine(sz, loops)
   states = [_ispf_state(cfg, eng, c, c) for c in range(n_classes)]
+  loop_flops = _ispf_flops(cfg, eng, teacher, states[0])
 
   def seq():
     jax.block_until_ready([distill.run_epoch(eng, teacher, s) for s in states])
@@ -221,6 +226,15 @@ def sweep_vs_sequential(reps, n_classes=10, loops=1, variants=("matmul", "lax"))
     out[f"{name}_s"] = tv
     out[f"{name}_compile_s"] = max(0.0, f - tv)
     out[f"{name}_speedup_vs_sequential"] = t[0] / tv
+  if loop_flops:
+    total = loop_flops * n_classes * loops
+    out["gflop_total"] = total / 1e9
+    for name, tv in zip(["sequential"] + names, t):
+      out[f"{name}_gflop_per_s"] = total / tv / 1e9
+      if peak:
+        out[f"{name}_fraction_of_matmul_peak"] = total / tv / 1e9 / peak
+    if peak:
+      out["speedup_bound_at_matmul_peak"] = peak / out["sequential_gflop_per_s"]
   out["load_avg_end"] = _load()
   out["sweep_speedup_vs_sequential"] = max(out[f"{n}_speedup_vs_sequential"] for n in names)
   return out
@@ -232,9 +246,10 @@ WORKLOADS = {"train_step": jax_train_step, "ispf_loop": jax_ispf_loop, "lfssd": 
 
 
 def run(size: str = "paper", reps: int = 3, torch_side: bool = True, sweep_bench: bool = True,
-        workloads=tuple(WORKLOADS), log=print) -> dict:
-  """All benchmarks of `launch.bench`; returns the JSON-able results (keys in BUILD_NOTES)."""
-  sz = SIZES[size]
+        workloads=tuple(WORKLOADS), log=print, fast_cpu_kernels: bool = False) -> dict:
+  """All benchmarks of `launch.bench`; returns the JSON-able results (keys in BUILD_NOTES).
+  `fast_cpu_kernels`: the JAX AllCNN's `config.model.fast_cpu_kernels` (the paper configs set it)."""
+  sz = dict(SIZES[size], fast_cpu_kernels=bool(fast_cpu_kernels))
   res = {"size": size, "config": dict(sz), "reps": reps, "jax_version": jax.__version__,
          "backend": jax.default_backend(), "devices": jax.device_count(), "cpus": os.cpu_count(),
          "machine": platform.machine(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -263,7 +278,7 @@ def run(size: str = "paper", reps: int = 3, torch_side: bool = True, sweep_bench
     log(f"{name}: {res[name]}" + (f"  speed-up JAX/PyTorch {res[f'{name}_speedup_vs_torch']:.2f}"
                                   if ts is not None else ""))
   if sweep_bench:
-    res["sweep"] = sweep_vs_sequential(reps)
+    res["sweep"] = sweep_vs_sequential(reps, peak=peak)
     res["sweep_speedup_vs_sequential"] = res["sweep"]["sweep_speedup_vs_sequential"]
     log(f"sweep: {res['sweep']}")
   res["load_avg_end"] = _load()

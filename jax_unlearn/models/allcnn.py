@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jax_unlearn.models import conv as conv_lib
 from jax_unlearn.models.layers import BatchNorm, torch_default_init
 
 
@@ -14,12 +15,16 @@ class AllCNN(nn.Module):
   Attributes:
     num_classes: K.
     width: the reference's `filters_percentage`; channel counts are round(96*width), round(192*width).
+    fast_cpu_kernels: train-mode BN statistics and backward sums as GEMVs (`layers.BatchNorm.dot_stats`)
+      and strided convs' input gradients by phase (`conv.phase_grad_conv`): same variables and math,
+      other float rounding, faster on XLA:CPU (`config.model.fast_cpu_kernels`).
   Call: `model.apply(variables, x, train=False, mask=None, features=False)` returns logits `[N, K]`,
   or `(logits, pooled_features)` when `features=True`. `mask` ([N] bool) restricts BN batch
   statistics to kept rows (train mode only).
   """
   num_classes: int = 10
   width: float = 1.0
+  fast_cpu_kernels: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None, features: bool = False):
@@ -28,8 +33,10 @@ class AllCNN(nn.Module):
             (c2, 1, 1)]
     for ch, k, s in spec:
       x = nn.Conv(ch, (k, k), strides=(s, s), padding=[((k - 1) // 2,) * 2] * 2, use_bias=False,
-                  kernel_init=torch_default_init)(x)
-      x = BatchNorm(use_running_average=not train)(x, mask=mask)
+                  kernel_init=torch_default_init,
+                  conv_general_dilated=(conv_lib.phase_grad_conv_general_dilated
+                                        if self.fast_cpu_kernels else None))(x)
+      x = BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels)(x, mask=mask)
       x = nn.relu(x)
     feat = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, kernel_init=torch_default_init)(feat)

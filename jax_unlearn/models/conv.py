@@ -5,6 +5,8 @@
   engine, shadow models, AIN relearning).
 * `matmul_conv`: im2col and one `dot_general`, fast under `jax.vmap` with a batched kernel (vmapped
   sweeps, `jax_unlearn.sweep`) and inside loops (it has no convolution at all).
+* `phase_grad_conv`: a strided conv whose input gradient skips the zeros XLA's dilated form
+  multiplies (`fast_cpu_kernels=True` models, top-level training steps).
 
 Both are drop-ins for `lax.conv_general_dilated` (`nn.Conv(conv_general_dilated=...)`), and
 `loop_safe_convs` / `matmul_convs` are `nn.intercept_methods` interceptors that install them into every
@@ -139,6 +141,78 @@ def matmul_conv(x, w, strides, padding):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Strided convolution whose input gradient skips the zeros.
+#
+# XLA computes dx of a stride-s convolution as a convolution over dy dilated by s (`lhs_dilation`):
+# (s*s - 1)/(s*s) of its multiply-adds hit inserted zeros. Split dx by output phase instead
+# (positions p = s*m + r in each spatial dim): phase (r_h, r_w) is a stride-1 convolution of dy with
+# the kernel taps k = r + lo (mod s), so the s*s small convolutions together do the forward's FLOPs.
+# At AllCNN's 96->192 stride-2 layer (256x32x32) it took 191 ms vs XLA's 324 ms (BUILD_NOTES,
+# Performance change 10). The forward and dw are XLA's own, so only dx changes, by float rounding.
+
+def _phase_taps(n_in, k, s, lo, r):
+  """Phase r of one spatial dim: (kernel taps, number of positions, offset of the first dy index)."""
+  taps = [t for t in range(k) if (t - lo - r) % s == 0]
+  count = len(range(r, n_in, s))
+  return taps, count, (min((r + lo - t) // s for t in taps) if taps else 0)
+
+
+def strided_conv_input_grad(dy, w, x_shape, strides, padding):
+  """dx of `lax.conv_general_dilated(x, w, strides, padding)` (NHWC, HWIO, explicit padding pairs) as
+  s_h * s_w stride-1 convolutions of `dy`, one per output phase, interleaved."""
+  n, h, wd, cin = x_shape
+  phases = []
+  for r_h in range(strides[0]):
+    th, mh, dh = _phase_taps(h, w.shape[0], strides[0], padding[0][0], r_h)
+    row = []
+    for r_w in range(strides[1]):
+      tw, mw, dw = _phase_taps(wd, w.shape[1], strides[1], padding[1][0], r_w)
+      if not th or not tw:
+        row.append(jnp.zeros((n, mh, mw, cin), dy.dtype))
+        continue
+      # Taps in increasing dy offset (decreasing k); I/O swapped: [kh', kw', cout, cin].
+      sub = jnp.flip(w[th[0]:th[-1] + 1:strides[0], tw[0]:tw[-1] + 1:strides[1]], (0, 1))
+      sub = sub.transpose(0, 1, 3, 2)
+      pads = ((-dh, mh + dh + len(th) - 1 - dy.shape[1]), (-dw, mw + dw + len(tw) - 1 - dy.shape[2]))
+      row.append(_conv(dy, sub, (1, 1), pads))
+    phases.append(row)
+  if all(p.shape == phases[0][0].shape for row in phases for p in row):
+    st = jnp.stack([jnp.stack(row) for row in phases])  # [s_h, s_w, n, mh, mw, cin]
+    return st.transpose(2, 3, 0, 4, 1, 5).reshape(x_shape)
+  dx = jnp.zeros(x_shape, dy.dtype)
+  for r_h, row in enumerate(phases):
+    for r_w, p in enumerate(row):
+      dx = dx.at[:, r_h::strides[0], r_w::strides[1]].set(p)
+  return dx
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def phase_grad_conv(x, w, strides, padding):
+  """`lax.conv_general_dilated(x, w, strides, padding)` (NHWC, HWIO, explicit padding pairs) with dx
+  from `strided_conv_input_grad`; dw is XLA's own."""
+  return _conv(x, w, strides, padding)
+
+
+def _phase_grad_conv_fwd(x, w, strides, padding):
+  return _conv(x, w, strides, padding), (x, w)
+
+
+def _phase_grad_conv_bwd(strides, padding, res, dy):
+  x, w = res
+  _, w_vjp = jax.vjp(lambda w_: _conv(x, w_, strides, padding), w)
+  return strided_conv_input_grad(dy, w, x.shape, strides, padding), w_vjp(dy)[0]
+
+
+phase_grad_conv.defvjp(_phase_grad_conv_fwd, _phase_grad_conv_bwd)
+
+
+def _strided_phase_grad_conv(x, w, strides, padding):
+  if all(s == 1 for s in strides):
+    return _conv(x, w, strides, padding)  # stride 1: XLA's dx has no zeros to skip
+  return phase_grad_conv(x, w, strides, padding)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Drop-ins for `lax.conv_general_dilated` and the interceptors that install them.
 
 def _dispatch(conv, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -172,10 +246,19 @@ def matmul_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwar
   return _dispatch(matmul_conv, lhs, rhs, window_strides, padding, *args, **kwargs)
 
 
+def phase_grad_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+  """Drop-in for `lax.conv_general_dilated`: plain strided 2-D NHWC convolutions go through
+  `phase_grad_conv` (input gradient without the dilation zeros); everything else is `lax`'s. Models
+  take it with `fast_cpu_kernels=True`; the loop-safe and matmul interceptors replace it like a plain
+  conv."""
+  return _dispatch(_strided_phase_grad_conv, lhs, rhs, window_strides, padding, *args, **kwargs)
+
+
 def _interceptor(conv_general_dilated):
   def intercept(next_fun, args, kwargs, context):
     m = context.module
-    if (context.method_name == "__call__" and isinstance(m, nn.Conv) and m.conv_general_dilated is None
+    if (context.method_name == "__call__" and isinstance(m, nn.Conv)
+        and m.conv_general_dilated in (None, phase_grad_conv_general_dilated)
         and m.conv_general_dilated_cls is None):
       # A bound module is a per-apply clone, so this touches no user object.
       object.__setattr__(m, "conv_general_dilated", conv_general_dilated)

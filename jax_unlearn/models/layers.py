@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -34,25 +36,99 @@ def masked_moments(x, mask=None):
   return mean, var
 
 
+def column_sums(a, chunks: int = 256):
+  """Sums of a `[P, C]` array over P, as one GEMV (a ones vector times `a` viewed as `[P/k, k*C]`,
+  then the k partial sums added): accumulation chains are P/k long, so it is as accurate as XLA's
+  tree reduction, and on XLA:CPU 2-5x faster than the column reduction it replaces (BUILD_NOTES,
+  Performance change 10). `precision=HIGHEST` keeps it float32 on TPU/GPU."""
+  p, c = a.shape
+  k = math.gcd(p, chunks)
+  ones = jnp.ones((p // k,), a.dtype)
+  return jnp.matmul(ones, a.reshape(p // k, k * c), precision=jax.lax.Precision.HIGHEST).reshape(k, c).sum(0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon: float):
+  """Train-mode batch norm over all axes but the last: returns `(y, mean, var)` with
+  y = (x - mean) / sqrt(var + eps) * scale + bias and the biased `var` = E[x^2] - mean^2 (Flax's
+  `use_fast_variance`). Statistics and every backward-pass sum are `column_sums` GEMVs; the VJP is
+  the closed form dx = scale/(sigma P) (P dy - sum dy - x_hat sum(dy x_hat)) plus the terms of the
+  `mean`/`var` outputs. Same values as `flax.linen.BatchNorm` to float rounding (tested)."""
+  return _bn_fwd(x, scale, bias, epsilon)[0]
+
+
+def _bn_fwd(x, scale, bias, epsilon):
+  c = x.shape[-1]
+  x2 = x.reshape(-1, c)
+  p = x2.shape[0]
+  mean = column_sums(x2) / p
+  var = jnp.maximum(column_sums(x2 * x2) / p - mean * mean, 0.0)
+  inv = jax.lax.rsqrt(var + epsilon)
+  y = (x - mean) * (inv * scale) + bias
+  return (y, mean, var), (x, mean, inv, scale)
+
+
+def _bn_bwd(epsilon, res, cts):
+  del epsilon
+  x, mean, inv, scale = res
+  gy, gmean, gvar = cts
+  c = x.shape[-1]
+  p = x.size // c
+  xhat = (x - mean) * inv
+  sdy = column_sums(gy.reshape(-1, c))
+  sdy_xhat = column_sums((gy * xhat).reshape(-1, c))
+  dx = (scale * inv / p) * (p * gy - sdy - xhat * sdy_xhat) + gmean / p + gvar * (2.0 / p) * (x - mean)
+  return dx, sdy_xhat, sdy
+
+
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+
+
 class BatchNorm(nn.BatchNorm):
-  """`flax.linen.BatchNorm` (PyTorch momentum 0.1 == Flax 0.9, eps 1e-5) plus two things.
+  """`flax.linen.BatchNorm` (PyTorch momentum 0.1 == Flax 0.9, eps 1e-5) plus three things.
 
   * `mask` (shape `[N]`, bool): batch statistics and the running-average update use kept rows only.
     This is what a PyTorch BN sees after PreFilter/BlockF shrink the batch (SPEC §1.12).
   * It sows `(mean, var, running_mean, running_var)` of its *input* into the `bn_stats` collection:
     the DeepInversion/DFQ BN-statistics loss needs them (SPEC §1.3, L_BN). Ask for them with
     `apply(..., mutable=['bn_stats'])`; otherwise the sow is a no-op.
+  * `dot_stats=True`: in train mode without `mask`, the layer runs `batch_norm_train` (statistics and
+    backward sums as GEMVs, ~2x faster BN on XLA:CPU). Same variables and update rule; values differ
+    from Flax's by float rounding only. Models set it from `config.model.fast_cpu_kernels`: on in the
+    paper configs, off for digits, whose recorded numbers were made with Flax's reductions.
   """
   momentum: float = 0.9
   epsilon: float = 1e-5
+  dot_stats: bool = False
 
   @nn.compact
   def __call__(self, x, use_running_average=None, *, mask=None, **kw):
-    y = super().__call__(x, use_running_average, mask=_row_mask(mask, x), **kw)
+    train = not nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+    if self.dot_stats and train and mask is None and not kw and not self.is_initializing():
+      y = self._dot_stats_train(x)
+    else:
+      y = super().__call__(x, use_running_average, mask=_row_mask(mask, x), **kw)
     if self.is_mutable_collection(BN_STATS) and not self.is_initializing():
       mean, var = masked_moments(x, mask)
       self.sow(BN_STATS, "input", (mean, var, self.get_variable("batch_stats", "mean"),
                                    self.get_variable("batch_stats", "var")))
+    return y
+
+  def _dot_stats_train(self, x):
+    """Train mode through `batch_norm_train`, on the variables `nn.BatchNorm` creates (feature axis -1,
+    scale and bias on, float32 statistics)."""
+    if (self.axis not in (-1, x.ndim - 1) or not self.use_scale or not self.use_bias
+        or self.axis_name is not None):
+      raise ValueError("BatchNorm(dot_stats=True) supports the default layout only (axis=-1, scale, "
+                       "bias, no axis_name); use dot_stats=False")
+    c = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
+    scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (c,), self.param_dtype)
+    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+    ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
     return y
 
 

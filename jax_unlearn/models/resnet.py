@@ -5,40 +5,47 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jax_unlearn.models import conv as conv_lib
 from jax_unlearn.models.layers import BatchNorm, torch_default_init
 
 
-def _conv(ch, k, s):
+def _conv(ch, k, s, fast=False):
   return nn.Conv(ch, (k, k), strides=(s, s), padding=[((k - 1) // 2,) * 2] * 2, use_bias=False,
-                 kernel_init=torch_default_init)
+                 kernel_init=torch_default_init,
+                 conv_general_dilated=conv_lib.phase_grad_conv_general_dilated if fast else None)
 
 
 class BasicBlock(nn.Module):
   channels: int
   stride: int = 1
+  fast_cpu_kernels: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool, mask=None):
-    bn = lambda: BatchNorm(use_running_average=not train)  # noqa: E731
-    y = nn.relu(bn()(_conv(self.channels, 3, self.stride)(x), mask=mask))
-    y = bn()(_conv(self.channels, 3, 1)(y), mask=mask)
+    bn = lambda: BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels)  # noqa: E731
+    fast = self.fast_cpu_kernels
+    y = nn.relu(bn()(_conv(self.channels, 3, self.stride, fast)(x), mask=mask))
+    y = bn()(_conv(self.channels, 3, 1, fast)(y), mask=mask)
     if self.stride != 1 or x.shape[-1] != self.channels:
-      x = bn()(_conv(self.channels, 1, self.stride)(x), mask=mask)
+      x = bn()(_conv(self.channels, 1, self.stride, fast)(x), mask=mask)
     return nn.relu(x + y)
 
 
 class ResNet18(nn.Module):
-  """CIFAR ResNet18. Same call signature as `AllCNN`; 20 BN layers; features are 512-d."""
+  """CIFAR ResNet18. Same call signature as `AllCNN`; 20 BN layers; features are 512-d.
+  `fast_cpu_kernels`: see `AllCNN`."""
   num_classes: int = 10
   width: float = 1.0
+  fast_cpu_kernels: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None, features: bool = False):
     base = max(1, round(64 * self.width))
-    x = nn.relu(BatchNorm(use_running_average=not train)(_conv(base, 3, 1)(x), mask=mask))
+    x = nn.relu(BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels)(
+        _conv(base, 3, 1)(x), mask=mask))
     for i, stride in enumerate((1, 2, 2, 2)):
       for j in range(2):
-        x = BasicBlock(base * 2 ** i, stride if j == 0 else 1)(x, train, mask)
+        x = BasicBlock(base * 2 ** i, stride if j == 0 else 1, self.fast_cpu_kernels)(x, train, mask)
     feat = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, kernel_init=torch_default_init)(feat)
     return (logits, feat) if features else logits
