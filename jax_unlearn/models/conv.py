@@ -49,7 +49,7 @@ def loop_safe_conv(x, w, strides, padding):
   return _conv(x, w, strides, padding)
 
 
-def _loop_safe_conv_fwd(x, w, strides, padding):
+def _conv_fwd(x, w, strides, padding):
   return _conv(x, w, strides, padding), (x, w)
 
 
@@ -110,7 +110,7 @@ def conv_weight_grad(x, dy, kernel_size, strides, padding, chunks: int | None = 
   return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
-loop_safe_conv.defvjp(_loop_safe_conv_fwd, _loop_safe_conv_bwd)
+loop_safe_conv.defvjp(_conv_fwd, _loop_safe_conv_bwd)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -193,17 +193,13 @@ def phase_grad_conv(x, w, strides, padding):
   return _conv(x, w, strides, padding)
 
 
-def _phase_grad_conv_fwd(x, w, strides, padding):
-  return _conv(x, w, strides, padding), (x, w)
-
-
 def _phase_grad_conv_bwd(strides, padding, res, dy):
   x, w = res
   _, w_vjp = jax.vjp(lambda w_: _conv(x, w_, strides, padding), w)
   return strided_conv_input_grad(dy, w, x.shape, strides, padding), w_vjp(dy)[0]
 
 
-phase_grad_conv.defvjp(_phase_grad_conv_fwd, _phase_grad_conv_bwd)
+phase_grad_conv.defvjp(_conv_fwd, _phase_grad_conv_bwd)  # same forward residuals as loop_safe_conv
 
 
 def _strided_phase_grad_conv(x, w, strides, padding):
