@@ -16,7 +16,6 @@ def get_config(arg: str = "rocket"):
   classes = TEN if arg == "ten" else (CLASSES.get(arg or "rocket", 69),)
   c = paper_config("cifar100", "resnet18", forget_classes=classes)
   for key in ("ssd", "lfssd"):
-    if key in c:
-      c[key].alpha = 10.0
-      c[key].lam = 1.0
+    c[key].alpha = 10.0
+    c[key].lam = 1.0
   return c

@@ -16,10 +16,6 @@ def get_config(arg: str = "class"):
   c.model.update(name="vit", patch=4, dim=192, depth=6, heads=3, mlp_dim=384)
   c.batch_size = 128
   c.train.update(lr=0.01, epochs=100, milestones=(60, 80), gamma=0.1, weight_decay=5e-4)
-  if "ssd" in c:
-    c.ssd.alpha = 25.0 if sub else 5.0
-    c.ssd.lam = 1.0
-  if "lfssd" in c:
-    c.lfssd.alpha = 10.0 if sub else 5.0
-    c.lfssd.lam = 1.0
+  c.ssd.update(alpha=25.0 if sub else 5.0, lam=1.0)
+  c.lfssd.update(alpha=10.0 if sub else 5.0, lam=1.0)
   return c

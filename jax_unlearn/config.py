@@ -56,14 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
                                            milestones=(20,), gamma=0.1))
   for key, sub in method_default_configs().items():
     c[key] = sub
-  if "metrics" not in c:
-    try:
-      from jax_unlearn import metrics
-      if hasattr(metrics, "default_config"):
-        c.metrics = metrics.default_config()
-    except ImportError:
-      pass
-  from jax_unlearn import sweep  # noqa: PLC0415 (vmapped multi-run sweeps, `launch.sweep`)
+  from jax_unlearn import metrics, sweep  # noqa: PLC0415 (metrics and `launch.sweep` sub-configs)
+  c.metrics = metrics.default_config()
   c.sweep = sweep.default_config()
   return c
 

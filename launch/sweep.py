@@ -23,9 +23,6 @@ def main(argv):
 
   def go():
     config = cli.config_value(_CONFIG)
-    if "sweep" not in config:  # until config.base_config carries it
-      with config.unlocked():
-        config.sweep = sweep.default_config()
     if _CLASSES.value is not None:
       config.sweep.classes = tuple(int(c) for c in _CLASSES.value)
     if _SEEDS.value is not None:
