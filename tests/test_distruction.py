@@ -52,6 +52,18 @@ def test_kl_matches_closed_form_and_its_gradients():
   chex.assert_trees_all_close(d_mu, jax.tree.map(jnp.negative, paper))
 
 
+def test_kl_is_accurate_when_q_is_near_p():
+  # 200k parameters, σ_q within ~0.1 % of σ_p: float32 must still give the float64 value (the naive
+  # log-difference form was off by 0.2 % here and went negative for one BGD step).
+  rng = np.random.default_rng(0)
+  sp = rng.uniform(0.01, 0.05, 200_000)
+  sq = sp * (1 + 1e-3 * rng.normal(size=sp.shape))
+  mp = 0.1 * rng.normal(size=sp.shape)
+  mq = mp + 1e-5 * rng.normal(size=sp.shape)
+  kl = D.kl_diag_gaussians(*(jnp.asarray(a, jnp.float32) for a in (mq, sq, mp, sp)))
+  np.testing.assert_allclose(float(kl), _np_kl(mq, sq, mp, sp), rtol=1e-5)
+
+
 def test_objectives():
   logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
   labels = jnp.array([0, 2])

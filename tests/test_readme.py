@@ -3,6 +3,7 @@ import os
 import re
 
 import jax
+import jax.numpy as jnp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,3 +16,5 @@ def test_readme_python_example_runs():
   exec(code, ns)  # noqa: S102
   assert jax.tree.structure(ns["params"]) == jax.tree.structure(ns["variables"]["params"])
   assert ns["z"].shape == (64, 10)
+  assert jax.tree.structure(ns["mu"]) == jax.tree.structure(ns["params"])
+  assert float(ns["kl"]) > 0 and bool(jnp.isfinite(ns["kl"]))  # one BGD step moved q away from p
