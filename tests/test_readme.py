@@ -16,5 +16,7 @@ def test_readme_python_example_runs():
   exec(code, ns)  # noqa: S102
   assert jax.tree.structure(ns["params"]) == jax.tree.structure(ns["variables"]["params"])
   assert ns["z"].shape == (64, 10)
+  assert ns["diag"]["epoch"] == 2 and ns["diag"]["student_steps"] == 4
+  assert jax.tree.structure(ns["student"]) == jax.tree.structure(ns["variables"])
   assert jax.tree.structure(ns["mu"]) == jax.tree.structure(ns["params"])
   assert float(ns["kl"]) > 0 and bool(jnp.isfinite(ns["kl"]))  # one BGD step moved q away from p
