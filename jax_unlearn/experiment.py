@@ -114,7 +114,8 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
       m = suite(result.variables)
       row = {"method": method, "forget_classes": [int(c) for c in cfg.forget.classes]
              if cfg.forget.mode != "random" else [], "seed": seed,
-             **{k: m.get(k) for k in table.ROW_KEYS[3:-1]}, "wall_s": wall,
+             **{k: m.get(k) for k in table.METRIC_KEYS}, "wall_s": wall,
+             "ain_reached": None if m.get("relearn_reached") is None else bool(m["relearn_reached"]),
              "fingerprint": fp, "info": result.info}
       atomic_write_json(os.path.join(rdir, "row.json"), row)
       rows.append(row)

@@ -297,3 +297,38 @@ def test_config_validation():
   cfg, seed = metrics.resolve_config(ml_collections.ConfigDict({"seed": 2, "metrics": _metrics_cfg(
       names=("acc,ain",))}))  # what --config.metrics.names=acc,ain gives
   assert cfg.names == ("acc", "ain") and seed == 2 + cfg.seed_offset
+  cfg, _ = metrics.resolve_config(ml_collections.ConfigDict({"names": "acc,mia_i"}))  # a plain string
+  assert cfg.names == ("acc", "mia_i")
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10_allcnn", "svhn_allcnn"])
+def test_shadows_take_the_original_models_recipe(name):
+  # SPEC §1.10: shadows of "the same architecture and recipe" as the target.
+  import importlib
+  c = importlib.import_module(f"configs.{name}").get_config()
+  cfg, _ = metrics.resolve_config(c)
+  assert (cfg.shadow_epochs, cfg.shadow_lr, cfg.shadow_momentum, cfg.shadow_weight_decay,
+          cfg.shadow_gamma) == (c.train.epochs, c.train.lr, c.train.momentum, c.train.weight_decay,
+                                c.train.gamma)
+  assert tuple(cfg.shadow_milestones) == tuple(c.train.milestones)
+  assert cfg.shadow_batch_size == c.batch_size
+  with c.unlocked():
+    c.metrics.shadow_epochs, c.train.lr = 3, 0.123  # an explicit shadow field wins; the rest follow
+  cfg, _ = metrics.resolve_config(c)
+  assert cfg.shadow_epochs == 3 and cfg.shadow_lr == 0.123
+  alone, _ = metrics.resolve_config(metrics.default_config())  # no full config: base_config's recipe
+  assert alone.shadow_epochs == 30 and alone.shadow_batch_size == 64
+
+
+def test_shadow_lr_schedule_is_applied(data):
+  # gamma 0 at the epoch-1 milestone freezes the parameters for epoch 2 (the batches of epoch 1 do not
+  # depend on the number of epochs), so 2 epochs end where 1 epoch without a schedule ends.
+  kw = dict(num_shadow=2, lr=0.05, batch_size=16, seed=0, vmapped=True)
+  key = jax.random.PRNGKey(5)
+  one = mia_ii.train_shadow_models(TinyNet(), data, key, epochs=1, **kw)
+  frozen = mia_ii.train_shadow_models(TinyNet(), data, key, epochs=2, milestones=(1,), gamma=0.0, **kw)
+  moving = mia_ii.train_shadow_models(TinyNet(), data, key, epochs=2, **kw)
+  chex.assert_trees_all_close(frozen.variables["params"], one.variables["params"], atol=1e-6)
+  diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), moving.variables["params"],
+                      one.variables["params"])
+  assert max(jax.tree.leaves(diff)) > 1e-3

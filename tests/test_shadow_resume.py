@@ -148,8 +148,10 @@ def test_experiment_shadow_dir_follows_exactly_the_shadow_inputs():
   base = sdir()
   assert base.startswith("/w/shadows/class-3_seed0_"), base
   for same in ({"metrics__ain_lr": 0.1}, {"metrics__names": ("acc",)}, {"dataset__data_dir": "/d"},
-               {"train__epochs": 99}):
+               {"ispf__epochs": 99}):
     assert sdir(**same) == base, same
+  # The shadows follow the original's recipe (config.train), unless a shadow_* field overrides it.
   for other in ({"metrics__shadow_lr": 0.01}, {"metrics__num_shadow": 3}, {"metrics__seed_offset": 7},
-                {"metrics__mia_ii_max_eval": 10}, {"model__width": 0.5}, {"forget__classes": (4,)}):
+                {"metrics__mia_ii_max_eval": 10}, {"model__width": 0.5}, {"forget__classes": (4,)},
+                {"train__epochs": 99}, {"train__milestones": (5,)}):
     assert sdir(**other) != base, other

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jax_unlearn import xla_flags
+from jax_unlearn import metrics, xla_flags
 from jax_unlearn.errors import ConfigError
 from jax_unlearn.models import conv
 
@@ -142,7 +142,8 @@ def test_no_digits_layer_is_chunked(monkeypatch, generator):
   monkeypatch.setattr(conv, "conv_weight_grad", spy)
   gen = models.create_generator(generator, 8, 1, nz=c.ispf.nz, ngf=c.ispf.ngf)
   clf = models.create_classifier(c.model, 10)
-  b = max(c.ispf.batch_size, c.batch_size, c.metrics.shadow_batch_size, c.metrics.ain_batch_size)
+  b = max(c.ispf.batch_size, c.batch_size, metrics.resolve_config(c)[0].shadow_batch_size,
+          c.metrics.ain_batch_size)
   gv = models.init_variables(gen, jax.random.key(0), (1, gen.nz))
   cv = models.init_variables(clf, jax.random.key(0), (1, 8, 8, 1))
 

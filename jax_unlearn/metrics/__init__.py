@@ -29,6 +29,7 @@ from typing import Callable
 import jax
 import ml_collections
 import numpy as np
+from ml_collections import config_dict
 
 from jax_unlearn.errors import ConfigError
 from jax_unlearn.metrics import accuracy, ain, kl, mia_entropy, mia_i, mia_ii
@@ -46,6 +47,11 @@ from jax_unlearn.train.evaluate import predict_logits
 
 METRIC_NAMES = ("acc", "mia_i", "mia_entropy", "mia_ii", "ain", "kl")
 RESULT_KEYS = ("acc_forget", "acc_retain", "mia_i", "mia_ii", "mia_entropy", "ain", "kl_to_retrain")
+# config.metrics shadow field -> the original model's field it defaults to (config.train.*, or the
+# top-level supervised batch size).
+SHADOW_RECIPE = {"shadow_epochs": "epochs", "shadow_lr": "lr", "shadow_momentum": "momentum",
+                 "shadow_weight_decay": "weight_decay", "shadow_milestones": "milestones",
+                 "shadow_gamma": "gamma", "shadow_batch_size": "batch_size"}
 
 __all__ = ["MetricSuite", "evaluate_all", "default_config", "resolve_config", "METRIC_NAMES",
            "RESULT_KEYS", "accuracy", "ain", "kl", "mia_entropy", "mia_i", "mia_ii",
@@ -59,20 +65,25 @@ __all__ = ["MetricSuite", "evaluate_all", "default_config", "resolve_config", "M
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """`config.metrics` defaults (digits-sized shadows; paper configs override the shadow budget)."""
+  """`config.metrics` defaults. The MIA-II shadows' training fields are None: `resolve_config` gives
+  them the original model's recipe (`config.train`, `config.batch_size`)."""
   c = ml_collections.ConfigDict()
   c.names = METRIC_NAMES           # which metrics to compute; the others are reported as NaN
   c.seed_offset = 1000             # metric seed = config.seed + seed_offset (pools, shuffles, shadows)
   c.batch_size = 512               # inference batch (padded, never 1)
   # MIA-I / mia_entropy: cap per side on the attack's training samples (the RBF-SVC fit is quadratic).
   c.mia_max_samples = 10000
-  # MIA-II (Shokri shadows; SPEC §1.10 reconstruction, see metrics/mia_ii.py for the pools).
+  # MIA-II (Shokri shadows; SPEC §1.10 reconstruction, see metrics/mia_ii.py for the pools). Shadows
+  # use "the same architecture and recipe" as the target: each shadow_* training field left None takes
+  # the original's value (`SHADOW_RECIPE`: config.train.* and config.batch_size); set one to override.
   c.num_shadow = 4
-  c.shadow_epochs = 30
-  c.shadow_lr = 0.05
-  c.shadow_momentum = 0.9
-  c.shadow_weight_decay = 5e-4
-  c.shadow_batch_size = 64
+  c.shadow_epochs = config_dict.placeholder(int)
+  c.shadow_lr = config_dict.placeholder(float)
+  c.shadow_momentum = config_dict.placeholder(float)
+  c.shadow_weight_decay = config_dict.placeholder(float)
+  c.shadow_batch_size = config_dict.placeholder(int)
+  c.shadow_milestones = config_dict.placeholder(tuple)
+  c.shadow_gamma = config_dict.placeholder(float)
   c.shadow_augment = True          # use the dataset's augmentation (DataInfo.augment) if it has one
   # Train the S shadows as one vmapped step (False: one after another; equal up to float rounding).
   # On XLA CPU the vmapped conv (a grouped conv) is slower: digits, AllCNN w=0.25, 4 shadows x 150
@@ -92,18 +103,29 @@ def default_config() -> ml_collections.ConfigDict:
 
 def resolve_config(config) -> tuple[ml_collections.ConfigDict, int]:
   """(metrics config merged over `default_config()`, metric seed). Accepts the full config or
-  `config.metrics`; unknown fields and bad values raise ConfigError."""
-  seed = 0
+  `config.metrics`; unknown fields and bad values raise ConfigError.
+
+  Shadow training fields left None take the original model's recipe (`SHADOW_RECIPE`) from the full
+  config, or from `jax_unlearn.config.base_config()` when only `config.metrics` is given."""
+  from jax_unlearn.config import base_config  # noqa: PLC0415 (config imports this package)
+  seed, full = 0, None
   if config is not None and "metrics" in config:
-    seed, config = int(config.get("seed", 0)), config.metrics
+    seed, full, config = int(config.get("seed", 0)), config, config.metrics
   cfg = default_config()
+  names = cfg.names
   if config is not None:
     given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     unknown = sorted(set(given) - set(cfg))
     if unknown:
       raise ConfigError(f"unknown config.metrics field(s) {unknown}; valid fields: {sorted(cfg)}")
-    cfg.update(given)
-  names = (cfg.names,) if isinstance(cfg.names, str) else tuple(cfg.names)
+    names = given.pop("names", names)  # may be a string ("acc,mia_i"); normalised below
+    cfg.update({k: v for k, v in given.items() if v is not None})
+  source = full if full is not None and "train" in full else base_config()
+  recipe = {**source.train.to_dict(), "batch_size": source.get("batch_size", 64)}
+  for field, key in SHADOW_RECIPE.items():
+    if cfg[field] is None:
+      cfg[field] = tuple(recipe[key]) if key == "milestones" else recipe[key]
+  names = (names,) if isinstance(names, str) else tuple(names)
   names = tuple(n.strip() for part in names for n in part.split(",") if n.strip())
   bad = sorted(set(names) - set(METRIC_NAMES))
   if bad:
@@ -161,7 +183,7 @@ class MetricSuite:
       self._shadow = train_shadow_models(
           self.model, self.data, self.key, num_shadow=c.num_shadow, epochs=c.shadow_epochs,
           lr=c.shadow_lr, momentum=c.shadow_momentum, weight_decay=c.shadow_weight_decay,
-          batch_size=c.shadow_batch_size, augment=None if c.shadow_augment else False, seed=self.seed,
+          batch_size=c.shadow_batch_size, milestones=tuple(c.shadow_milestones), gamma=c.shadow_gamma, augment=None if c.shadow_augment else False, seed=self.seed,
           max_eval=c.mia_ii_max_eval, vmapped=bool(c.shadow_vmap), ckpt_dir=self.shadow_dir,
           log=self.log)
       self.log(f"[metrics] trained {c.num_shadow} shadow models on a pool of "

@@ -17,9 +17,11 @@ Boundary-Unlearning repository it cites). Reconstruction, with every pool stated
   through `forget_val`).
 * **Shadows**: S models of the target's architecture (the same `model` module), each trained from its
   own initialisation on a random half ("in") of the pool; the other half is its "out" set. Every shadow
-  has exactly floor(N/2) "in" images. Training: cross-entropy, SGD with momentum and PyTorch-style weight
-  decay (as `train.supervised`), a fixed number of epochs, no validation selection, the dataset's
-  augmentation if it has one. All S shadows train at once: one jitted `lax.scan` over steps of a
+  has exactly floor(N/2) "in" images. Training: the target's recipe (`metrics.resolve_config` fills the
+  shadow fields from `config.train` and `config.batch_size`): cross-entropy, SGD with momentum,
+  PyTorch-style weight decay and the MultiStep schedule of `train.supervised.make_optimizer`, the same
+  number of epochs, the dataset's augmentation if it has one; no validation selection (the validation
+  split is part of the shadow pool). All S shadows train at once: one jitted `lax.scan` over steps of a
   `jax.vmap`-ed step over the stacked parameter pytrees.
 * **Attack features**: each shadow's softmax vector on each pool image, sorted in descending order,
   first `topk` entries (ML-Leaks' single class-agnostic attack, Salem et al. 2019; Shokri's per-class
@@ -41,6 +43,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -53,6 +56,7 @@ from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError, DataError
 from jax_unlearn.models import init_variables
 from jax_unlearn.train.evaluate import predict_logits
+from jax_unlearn.train.supervised import make_optimizer
 from jax_unlearn.models.conv import loop_safe_convs
 
 STREAM_EVAL = 31
@@ -143,9 +147,13 @@ def shadow_schedule(in_mask: np.ndarray, batch_size: int, epochs: int, seed: int
 # ------------------------------------------------------------------------------------ training
 
 
-def shadow_optimizer(lr: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:
-  """SGD with momentum; weight decay added to the gradient before momentum (PyTorch / supervised.py)."""
-  return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum))
+def shadow_optimizer(lr: float, momentum: float, weight_decay: float, milestones: tuple = (),
+                     gamma: float = 0.1, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """The original model's optimiser (`train.supervised.make_optimizer`): SGD with momentum, weight decay
+  added to the gradient before momentum (PyTorch), lr x gamma at each milestone epoch."""
+  recipe = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, milestones=tuple(milestones),
+                gamma=gamma)
+  return make_optimizer(ml_collections.ConfigDict(recipe), steps_per_epoch)
 
 
 def _vars(params, batch_stats):
@@ -173,16 +181,17 @@ def shadow_train_step(apply_fn, tx, augment: bool, state, idx, key, images, labe
   return (optax.apply_updates(params, updates), bstats, opt_state), loss
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "lr", "momentum", "weight_decay", "augment",
-                                             "vmapped"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "lr", "momentum", "weight_decay", "milestones",
+                                             "gamma", "steps_per_epoch", "augment", "vmapped"))
 def train_shadows_scan(apply_fn, state, idx, keys, images, labels, mean, std, t0=0, *, lr: float,
-                       momentum: float, weight_decay: float, augment: bool, vmapped: bool = True):
+                       momentum: float, weight_decay: float, augment: bool, milestones: tuple = (),
+                       gamma: float = 0.1, steps_per_epoch: int = 1, vmapped: bool = True):
   """Runs all steps of `idx` with `lax.scan`. vmapped=True: `state` is stacked over S shadows, `idx` is
   [T, S, B], `keys` [S]; the step is `jax.vmap(shadow_train_step)`. vmapped=False: one shadow, `idx`
   [T, B], `keys` a single key. Row t of `idx` is global step t0 + t and uses `fold_in(key, t0 + t)`,
   so a schedule run in pieces (one epoch at a time) equals one scan over it. Returns
-  (state, losses [T, (S)])."""
-  tx = shadow_optimizer(lr, momentum, weight_decay)
+  (state, losses [T, (S)]). The schedule follows the optimiser state's own step count."""
+  tx = shadow_optimizer(lr, momentum, weight_decay, milestones, gamma, steps_per_epoch)
   step = functools.partial(shadow_train_step, apply_fn, tx, augment)
 
   def one(state, idx_t, key):
@@ -209,12 +218,15 @@ def _stack(trees):
 
 
 def train_shadow_models(model, data, key, *, num_shadow: int = 4, epochs: int = 30, lr: float = 0.05,
-                        momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 64,
+                        momentum: float = 0.9, weight_decay: float = 1e-4, batch_size: int = 64,
+                        milestones: tuple = (), gamma: float = 0.1,
                         augment: bool | None = None, seed: int = 0, max_eval: int = 5000,
                         vmapped: bool = True, ckpt_dir: str | None = None,
                         log: Callable[[str], None] | None = None) -> ShadowModels:
   """Trains S shadows of `model`'s architecture on random halves of the shadow pool (module docstring).
 
+  The training arguments are the target's recipe (`metrics.resolve_config` takes them from
+  `config.train` and `config.batch_size`); `milestones` are epochs at which lr is multiplied by `gamma`.
   `key` seeds the shadows' initialisations and augmentation; `seed` the pools, halves and shuffles.
   `augment=None` follows `data.info.augment`. `vmapped=False` trains the shadows one after another
   with the same per-shadow keys and batches (the reference the vmapped path is tested against).
@@ -237,14 +249,17 @@ def train_shadow_models(model, data, key, *, num_shadow: int = 4, epochs: int = 
   in_mask = shadow_in_masks(len(images), num_shadow, seed)
   idx = shadow_schedule(in_mask, batch_size, epochs, seed)
   augment = bool(data.info.augment) if augment is None else bool(augment)
-  tx = shadow_optimizer(lr, momentum, weight_decay)
+  kw = dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay),
+            milestones=tuple(int(m) for m in milestones), gamma=float(gamma),
+            steps_per_epoch=int(idx.shape[0] // max(epochs, 1)), augment=augment)
+  tx = shadow_optimizer(kw["lr"], kw["momentum"], kw["weight_decay"], kw["milestones"], kw["gamma"],
+                        kw["steps_per_epoch"])
   init_keys, step_keys = jax.random.split(key)
   init_keys = jax.random.split(init_keys, num_shadow)
   step_keys = jax.random.split(step_keys, num_shadow)
   states = [_init_state(model, init_keys[s], data.info.image_shape, tx) for s in range(num_shadow)]
   args = (jnp.asarray(images), jnp.asarray(labels), jnp.asarray(data.info.mean, jnp.float32),
           jnp.asarray(data.info.std, jnp.float32))
-  kw = dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay), augment=augment)
   if ckpt_dir is not None:
     state, losses = _train_shadows_checkpointed(model.apply, _stack(states), idx, step_keys, args, kw,
                                                 vmapped, epochs, ckpt_dir, log or (lambda m: None))
