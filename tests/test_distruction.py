@@ -552,6 +552,58 @@ def test_default_run_selects_lambda_and_iterations_on_validation(trained, tmp_pa
   assert len(sel["eval_steps"]) == cfg.distruction.forget_steps // cfg.distruction.select_every
 
 
+def test_selection_key_closest_rule():
+  # Sub-class / random forgetting: closest to (target forget acc, reference retain acc) wins.
+  k = functools.partial(D.selection_key, max_forget_acc=10.0, closest=(95.0, 98.0))
+  order = [k(95.0, 98.0, 0.1, 8), k(94.0, 98.0, 0.1, 8), k(96.0, 97.5, 0.0, 2), k(60.0, 98.0, 0.0, 2),
+           k(0.0, 99.0, 0.0, 2), k(np.nan, 99.0, 0.0, 2)]
+  assert order == sorted(order) and len(set(order)) == len(order)
+  assert k(0.0, 99.0, 0.0, 2) > k(80.0, 98.0, 0.0, 2)  # forgetting everything overshoots Retrain
+
+
+class _RandomData:
+  """Random-sample forgetting: 100 training samples of every class; nothing is forgotten in val."""
+
+  def __init__(self, data):
+    n = len(data.train.labels)
+    pick = np.zeros(n, bool)
+    pick[np.random.default_rng(1).permutation(n)[:100]] = True
+    self.info = INFO
+    self.forget_train = data.train.subset(pick)
+    self.forget_val = data.val.subset(np.zeros(len(data.val.labels), bool))
+    self.retain_val = data.val
+    self.val = data.val
+
+
+def test_random_forgetting_default_run_selects_on_forget_train(trained, tmp_path):
+  """With no forget sample in val (random forgetting) the default sweep measures the forget accuracy
+  on the forget training samples and picks the candidate closest to the original's retain-val level
+  (it used to stop with 'every lambda diverged')."""
+  model, variables, data = trained
+  path = str(tmp_path / "post.msgpack")
+  cfg = _cfg(posterior_path=path, forget_batch_size=50, forget_steps=8)
+  D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path), path)
+  rdata = _RandomData(data)
+  assert len(rdata.forget_val) == 0 and len(set(rdata.forget_train.labels.tolist())) == 10
+  ctx = base.UnlearnContext(config=cfg, model=model, original=variables, data=rdata,
+                            key=jax.random.key(1), workdir=str(tmp_path / "run"), log=lambda s: None,
+                            forget_classes=(), num_classes=10)
+  assert ctx.forget_mode == "random"
+  result = base.get("distruction")(ctx)
+  sweep = result.info["sweep"]
+  assert sweep["forget_split"] == "forget_train" and sweep["criterion"] == "closest"
+  r0 = _acc(model, variables, rdata.retain_val)
+  assert sweep["target"] == pytest.approx(r0, abs=1e-4)
+  i = sweep["lams"].index(result.info["lam"])
+  np.testing.assert_allclose(_acc(model, result.variables, rdata.forget_train), sweep["acc_forget_val"][i],
+                             atol=1e-4)
+  keys = [D.selection_key(f, r, lam, t, 10.0, (r0, r0)) for f, r, lam, t in
+          zip(sweep["acc_forget_val"], sweep["acc_retain_val"], sweep["lams"], sweep["steps"])]
+  assert i == min(range(len(keys)), key=keys.__getitem__)
+  with pytest.raises(DataError, match="forget-val split is empty"):
+    D.Validator(model, rdata.forget_val, rdata.retain_val, INFO)
+
+
 @pytest.mark.parametrize("objective", D.OBJECTIVES)
 def test_run_with_every_objective(trained, posterior, tmp_path, objective):
   """`run` end to end for every U (bad_teacher builds its random teacher inside `run`)."""

@@ -40,6 +40,13 @@ class UnlearnContext:
   forget_classes: tuple[int, ...] = ()  # empty for random-sample forgetting
   num_classes: int = 10
 
+  @property
+  def forget_mode(self) -> str:
+    """'class' | 'subclass' | 'random': `config.forget.mode`, else inferred from `forget_classes`."""
+    forget = self.config.get("forget", None) if hasattr(self.config, "get") else None
+    mode = forget.get("mode", None) if forget is not None else None
+    return mode or ("class" if self.forget_classes else "random")
+
 
 @dataclasses.dataclass
 class UnlearnResult:

@@ -654,15 +654,23 @@ def chunk_ends(steps: int, every: int, select_every: int = 0) -> list[int]:
 
 
 def selection_key(acc_forget: float, acc_retain: float, lam: float, step: int,
-                  max_forget_acc: float) -> tuple:
+                  max_forget_acc: float, closest: tuple[float, float] | None = None) -> tuple:
   """Sort key of one (λ, iteration) candidate measured on validation data; the smallest key wins.
 
-  Candidates with forget-val accuracy <= `max_forget_acc` come first, by best retain-val accuracy,
-  then lower forget-val accuracy, smaller λ, fewer iterations; if none qualifies, the lowest forget-val
-  accuracy wins. A diverged (NaN) candidate is never chosen over a finite one."""
+  Class forgetting (`closest=None`): candidates with forget-val accuracy <= `max_forget_acc` come
+  first, by best retain-val accuracy, then lower forget-val accuracy, smaller λ, fewer iterations; if
+  none qualifies, the lowest forget-val accuracy wins.
+  Sub-class and random forgetting (`closest=(target, retain_ref)`, SSD's 'closest' rule, `ssd.select_alpha`):
+  Retrain still classifies such forget data about as well as unseen data, so the smallest
+  |forget acc − target| + (retain_ref − retain-val acc) wins (target = retain_ref = the original's
+  retain-val accuracy); driving the forget accuracy to 0 would overshoot Retrain.
+  A diverged (NaN) candidate is never chosen over a finite one."""
   f, r = float(acc_forget), float(acc_retain)
   if not (np.isfinite(f) and np.isfinite(r)):
     return (2, 0.0, 0.0, float(lam), int(step))
+  if closest is not None:
+    target, retain_ref = (float(x) for x in closest)
+    return (0, abs(f - target) + (retain_ref - r), f, float(lam), int(step))
   if f <= float(max_forget_acc):
     return (0, -r, f, float(lam), int(step))
   return (1, f, -r, float(lam), int(step))
@@ -687,7 +695,7 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   Iteration selection (early stopping on validation data): with `evaluate` and `cfg.select_every`
   > 0, `evaluate(qs, batch_stats) -> (acc_forget_val [L], acc_retain_val [L])` (percent, NaN for a
   diverged λ) is called every `select_every` iterations and after the last, and each λ keeps the
-  iterate with the smallest `selection_key`. The returned `qs`/`batch_stats` are then those kept
+  iterate with the smallest `selection_key` (with `evaluate.closest`, if it has one). The returned `qs`/`batch_stats` are then those kept
   iterates, and `history` also holds 'eval_steps' [E], 'val_forget'/'val_retain' [E, L],
   'best_step' [L] (0: no finite iterate), 'best_forget_val'/'best_retain_val' [L].
 
@@ -768,7 +776,8 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
            f"sigma_q/sigma_p max {_fmt(last['std_ratio_max'], '.3f')}")
     if c1 in eval_steps:
       j = eval_steps.index(c1)
-      new = _select(new, eval_steps, j, evaluate, live, lam_list, max_forget)
+      new = _select(new, eval_steps, j, evaluate, live, lam_list, max_forget,
+                    getattr(evaluate, "closest", None))
       msg += (f" | val acc forget {_fmt(new['val_forget'][j], '.1f')} "
               f"retain {_fmt(new['val_retain'][j], '.2f')}")
     state = new
@@ -802,7 +811,7 @@ def _at_steps(values, eval_steps: list[int], steps) -> np.ndarray:
 
 
 def _select(state: dict, eval_steps: list[int], j: int, evaluate: Callable, live: np.ndarray,
-            lams: list[float], max_forget: float) -> dict:
+            lams: list[float], max_forget: float, closest: tuple[float, float] | None = None) -> dict:
   """Measures every λ's μ_q at iteration `eval_steps[j]` and keeps, per λ, the better of it and the
   kept iterate by `selection_key` (host-side; the kept iterates are one `jnp.where` per leaf)."""
   step = eval_steps[j]
@@ -811,8 +820,8 @@ def _select(state: dict, eval_steps: list[int], j: int, evaluate: Callable, live
   best_t = np.asarray(state["best_step"])
   best_f = _at_steps(state["val_forget"], eval_steps, best_t)
   best_r = _at_steps(state["val_retain"], eval_steps, best_t)
-  better = np.asarray([selection_key(f[i], r[i], lams[i], step, max_forget) <
-                       selection_key(best_f[i], best_r[i], lams[i], best_t[i], max_forget)
+  better = np.asarray([selection_key(f[i], r[i], lams[i], step, max_forget, closest) <
+                       selection_key(best_f[i], best_r[i], lams[i], best_t[i], max_forget, closest)
                        for i in range(len(lams))])
   def keep(b, n):
     return jnp.where(jnp.asarray(better).reshape((-1,) + (1,) * (n.ndim - 1)), n, b)
@@ -883,15 +892,24 @@ def _accuracy(model, variables, split, info) -> float:
 class Validator:
   """`evaluate` for `forget`: each λ's μ_q accuracy (percent) on forget-val and retain-val.
 
-  Called with the λ-stacked (q, batch_stats); a λ whose parameters are not finite gets NaN. Its
-  `fingerprint` (of both validation splits) goes into the forgetting checkpoint's name."""
+  Called with the λ-stacked (q, batch_stats); a λ whose parameters are not finite gets NaN.
+  `closest` = (target, retain_ref) selects with the sub-class/random rule of `selection_key` (None:
+  the class-forgetting rule). Its `fingerprint` (both splits and the rule) goes into the forgetting
+  checkpoint's name."""
 
-  def __init__(self, model, val_forget, val_retain, info):
+  def __init__(self, model, val_forget, val_retain, info, closest: tuple[float, float] | None = None):
+    if len(val_forget) == 0:
+      raise DataError("DiStruction's validation needs forget samples: the forget-val split is empty; "
+                      "pass the forget training split instead (distruction.run does so for random "
+                      "forgetting, as the SSD repository does)")
     self.model, self.val_forget, self.val_retain, self.info = model, val_forget, val_retain, info
+    self.closest = None if closest is None else tuple(float(x) for x in closest)
     h = hashlib.sha1()
     for split in (val_forget, val_retain):
       h.update(np.ascontiguousarray(split.images, np.float32).tobytes())
       h.update(np.ascontiguousarray(split.labels, np.int32).tobytes())
+    if self.closest is not None:
+      h.update(np.asarray(self.closest, np.float64).tobytes())
     self.fingerprint = h.digest()
 
   def __call__(self, qs: BGDState, batch_stats) -> tuple[np.ndarray, np.ndarray]:
@@ -905,20 +923,22 @@ class Validator:
 
 
 def lambda_sweep(model, variables, posterior, source, val_forget, val_retain, info, cfg, key, lams,
-                 teacher=None, log: Callable[[str], None] = print, ckpt_dir: str | None = None) -> dict:
+                 teacher=None, log: Callable[[str], None] = print, ckpt_dir: str | None = None,
+                 closest: tuple[float, float] | None = None) -> dict:
   """Chooses λ (and, with `cfg.select_every` > 0, the number of iterations) on validation data
   (SPEC §5.2: both unknown): runs `forget` for all `lams` at once and measures each μ_q on
   `val_forget` and `val_retain` (never test data), after the last iteration or, with selection,
   every `select_every` iterations. The smallest `selection_key` wins: among candidates with
   forget-val accuracy <= cfg.sweep_max_forget_acc the best retain-val accuracy (ties: lower forget-val
   accuracy, then smaller λ, then fewer iterations); if none qualifies, the lowest forget-val accuracy.
-  A diverged (NaN/inf) candidate is never chosen.
+  With `closest` (sub-class/random forgetting) the candidate closest to (target, retain_ref) wins
+  instead (`selection_key`). A diverged (NaN/inf) candidate is never chosen.
 
   Returns {'lams', 'acc_forget_val', 'acc_retain_val', 'steps' (each λ's chosen iteration), 'chosen',
   'chosen_lam', 'chosen_steps', 'q', 'batch_stats', 'history'} with `q`/`batch_stats` stacked over λ
   (use `take`)."""
   lams = [float(x) for x in lams]
-  validator = Validator(model, val_forget, val_retain, info)
+  validator = Validator(model, val_forget, val_retain, info, closest)
   selecting = int(cfg.select_every) > 0 and int(cfg.forget_steps) > 0
   q, bs, hist = forget(model.apply, variables, posterior, source, info, cfg, key, lams, teacher, log=log,
                        raise_on_nonfinite=False, ckpt_dir=ckpt_dir,
@@ -931,7 +951,8 @@ def lambda_sweep(model, variables, posterior, source, val_forget, val_retain, in
     f_acc, r_acc = (a.tolist() for a in validator(q, bs))
     steps = [int(cfg.forget_steps)] * len(lams)
   max_f = float(cfg.sweep_max_forget_acc)
-  keys = [selection_key(f_acc[i], r_acc[i], lams[i], steps[i], max_f) for i in range(len(lams))]
+  keys = [selection_key(f_acc[i], r_acc[i], lams[i], steps[i], max_f, closest)
+          for i in range(len(lams))]
   if all(k[0] == 2 for k in keys):
     raise NumericalError("every lambda of the DiStruction sweep diverged to NaN/inf; add larger "
                          "lambdas to --config.distruction.lam_sweep or lower mean_eta, and run again")
@@ -962,14 +983,25 @@ def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   extra = {}
   steps = int(cfg.forget_steps)
   if lam_values(cfg.lam_sweep) or int(cfg.select_every) > 0:
-    sweep = lambda_sweep(ctx.model, ctx.original, posterior, source, ctx.data.forget_val,
+    # Random forgetting leaves no forget sample in the validation split: the forget accuracy is then
+    # measured on the forget training samples, as the SSD repository does (SPEC §4.4) and as
+    # `ssd.select_alpha` does; sub-class and random forgetting select by the 'closest' rule.
+    val_forget = ctx.data.forget_val if len(ctx.data.forget_val) else ctx.data.forget_train
+    closest = None
+    if ctx.forget_mode != "class":
+      r0 = _accuracy(ctx.model, ctx.original, ctx.data.retain_val, info)
+      closest = (r0, r0)
+    sweep = lambda_sweep(ctx.model, ctx.original, posterior, source, val_forget,
                          ctx.data.retain_val, info, cfg, k_forget,
                          lam_values(cfg.lam_sweep) or [float(cfg.lam)], teacher, ctx.log,
-                         ckpt_dir=ctx.workdir)
+                         ckpt_dir=ctx.workdir, closest=closest)
     lams, i, steps = sweep["lams"], sweep["chosen"], sweep["chosen_steps"]
     q, bs, hist = take(sweep["q"], i), take(sweep["batch_stats"], i), sweep["history"]
-    extra = {"sweep": {k: sweep[k] for k in ("lams", "acc_forget_val", "acc_retain_val", "steps",
-                                             "chosen_lam", "chosen_steps")}}
+    extra = {"sweep": {**{k: sweep[k] for k in ("lams", "acc_forget_val", "acc_retain_val", "steps",
+                                                "chosen_lam", "chosen_steps")},
+                       "forget_split": "forget_val" if len(ctx.data.forget_val) else "forget_train",
+                       "criterion": "threshold" if closest is None else "closest",
+                       "target": None if closest is None else closest[0]}}
     if "val_forget" in hist:
       extra["selection"] = {"eval_steps": hist["eval_steps"].tolist(),
                             "val_forget": hist["val_forget"].tolist(),

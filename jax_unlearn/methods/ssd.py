@@ -298,12 +298,6 @@ def _batches(splits, batch_size: int, uses_labels: bool):
     yield {"image": x, "label": y}
 
 
-def _forget_mode(ctx) -> str:
-  forget = ctx.config.get("forget", None) if hasattr(ctx.config, "get") else None
-  mode = forget.get("mode", None) if forget is not None else None
-  return mode or ("class" if ctx.forget_classes else "random")
-
-
 def _module_defaults(name: str) -> ml_collections.ConfigDict:
   """`default_config()` of the method module `name` (ssd, lfssd, ...)."""
   if name == "ssd":
@@ -391,7 +385,7 @@ def compute_importances(ctx, name: str, importance_fn: Callable, uses_labels: bo
   full_splits = (data.retain_train, data.forget_train)
   if len(data.forget_train) == 0:
     raise DataError("the forget set is empty; set config.forget.classes / num_samples to select data")
-  fb = cfg.random_forget_batch_size if _forget_mode(ctx) == "random" else cfg.forget_batch_size
+  fb = cfg.random_forget_batch_size if ctx.forget_mode == "random" else cfg.forget_batch_size
   kw = dict(mode=cfg.mode, preprocess=preprocess, per_sample_chunk=int(cfg.per_sample_chunk))
   info = {"mode": cfg.mode, "batch_size": int(cfg.batch_size), "forget_batch_size": int(fb)}
 
@@ -494,7 +488,7 @@ def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | 
     forget_split, forget_name = data.forget_train, "forget_train"
   acc = lambda v, s: evaluate.accuracy(ctx.model, v, s, info)  # noqa: E731
   original = {"acc_forget": acc(ctx.original, forget_split), "acc_retain_val": acc(ctx.original, data.retain_val)}
-  forget_mode = _forget_mode(ctx)
+  forget_mode = ctx.forget_mode
   criterion = criterion or ("threshold" if forget_mode == "class" else "closest")
   if criterion not in ("threshold", "closest"):
     raise ConfigError(f"unknown alpha-selection criterion {criterion!r}; use 'threshold' or 'closest'")
