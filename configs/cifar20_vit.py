@@ -18,4 +18,5 @@ def get_config(arg: str = "class"):
   c.train.update(lr=0.01, epochs=100, milestones=(60, 80), gamma=0.1, weight_decay=5e-4)
   c.ssd.update(alpha=25.0 if sub else 5.0, lam=1.0)
   c.lfssd.update(alpha=10.0 if sub else 5.0, lam=1.0)
+  c.bad_teacher.batch_size = 128  # the SSD repository's ViT runs (SPEC §4.5)
   return c

@@ -117,6 +117,15 @@ def test_config_errors(setup):
     finetune.run(_ctx(setup, "finetune", optimizer="rmsprop"))
   with pytest.raises(ConfigError, match="retain_fraction"):
     bad_teacher.run(_ctx(setup, "bad_teacher", retain_fraction=1.5))
+  with pytest.raises(ConfigError, match="noise_rows_per_copy"):
+    unsir.run(_ctx(setup, "unsir", noise_rows_per_copy=33))
+
+
+def test_unsir_noise_rows_per_copy(setup):
+  # Default: every row of each of the 2 copies of the 32-row noise; the SSD code's quirk takes the
+  # first C rows (C = image channels) of each copy.
+  assert unsir.run(_ctx(setup, "unsir")).info["n_noise"] == 2 * 32
+  assert unsir.run(_ctx(setup, "unsir", noise_rows_per_copy=1)).info["n_noise"] == 2 * 1
 
 
 # ----------------------------------------------------------------------------------------------------

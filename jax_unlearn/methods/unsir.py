@@ -44,6 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
     noise_l2: weight of the mean squared-norm penalty on the noise (0.1).
     noise_bn_train: BN uses the noise batch's statistics while the noise is trained (reference).
     num_noise_batches: copies of each noise tensor in the impair set (80, per forget class).
+    noise_rows_per_copy: noise rows put in the impair set per copy; 0 = all `noise_batch_size` rows
+      (UNSIR's intent, the default). The SSD repository's `UNSIR_create_noisy_loader` loops over
+      `range(batch[0].size(0))`, the first image's *channel* count, so it adds only the first C rows
+      (3 for CIFAR) of each copy: set C here to reproduce it (BUILD_NOTES).
     samples_per_class: retain samples kept per retained class (500, or all there are).
     optimizer: 'adam' (reference) or 'sgd', for impair and repair.
     lr: impair learning rate (1e-4).
@@ -56,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
   """
   return ml_collections.ConfigDict(dict(
       noise_batch_size=32, noise_steps=25, noise_lr=0.1, noise_l2=0.1, noise_bn_train=True,
-      num_noise_batches=80, samples_per_class=500, optimizer="adam", lr=1e-4, weight_decay=0.0,
+      num_noise_batches=80, noise_rows_per_copy=0, samples_per_class=500, optimizer="adam", lr=1e-4, weight_decay=0.0,
       batch_size=32, impair_epochs=1, repair_lr=1e-4, repair_batch_size=128, repair_epochs=1))
 
 
@@ -70,6 +74,9 @@ def validate_config(cfg, forget_mode: str) -> None:
                           "samples_per_class", "batch_size", "impair_epochs", "repair_batch_size",
                           "repair_epochs"),
       floats=("noise_lr", "noise_l2", "lr", "repair_lr", "weight_decay"))
+  if not 0 <= int(cfg.noise_rows_per_copy) <= int(cfg.noise_batch_size):
+    raise ConfigError(f"config.unsir.noise_rows_per_copy must be in [0, noise_batch_size="
+                      f"{int(cfg.noise_batch_size)}], got {cfg.noise_rows_per_copy}; 0 uses every row")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -161,7 +168,8 @@ def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
     noise_info.append({"class": c, "ce_initial": float(ces[0]), "ce_final": float(ces[-1]),
                        "objective": [float(o) for o in np.asarray(objs)]})
     raw = to_raw(noise, info.mean, info.std)
-    noise_x.append(np.tile(raw, (int(cfg.num_noise_batches), 1, 1, 1)))
+    rows = int(cfg.noise_rows_per_copy) or len(raw)
+    noise_x.append(np.tile(raw[:rows], (int(cfg.num_noise_batches), 1, 1, 1)))
     noise_y.append(np.full(len(noise_x[-1]), c, np.int32))
 
   retain = ctx.data.retain_train
