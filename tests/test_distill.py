@@ -213,6 +213,12 @@ def test_filters_and_targets():
   np.testing.assert_allclose(q[:, 3], 0.0)
   np.testing.assert_allclose(q.sum(-1), 1.0, rtol=1e-6)
   np.testing.assert_allclose(q[:, :3] / q[:, 4:5], p[:, :3] / p[:, 4:5], rtol=1e-5)
+  # Finite when every retained probability underflows (forget logit ~120 above the rest).
+  extreme = distill.pd_teacher_probs(jnp.asarray([[0.0, 120.0, 1.0]]), jnp.asarray([False, True, False]))
+  np.testing.assert_allclose(extreme, [_np_softmax(np.asarray([[0.0, -np.inf, 1.0]]))[0]], rtol=1e-6)
+  gq = distill.pd_teacher_probs(t, fm, 0.05, True)  # gated: row 2's p_3 ~ 0.018 stays
+  np.testing.assert_allclose(gq[2], p[2], rtol=1e-6)
+  np.testing.assert_allclose(gq[0, 3], 0.0)
   # masked KL: batchmean over kept rows, also for probability targets with exact zeros (xlogy).
   s = jax.random.normal(jax.random.key(0), (4, K))
   mask = jnp.asarray([True, False, True, True])
@@ -442,6 +448,8 @@ def test_strategy_runs_end_to_end(tmp_path, name):
   assert recs[1]["student_attempts"] >= 1 and 0.0 <= recs[1]["forget_synthesis_rate"] <= 1.0
   assert len(recs[1]["gen_label_hist"]) == K
   assert res.info["strategy"]["name"] == name and res.info["epochs_run"] == 2
+  # Summary means are over the distillation epochs only (the reference logs after warm-up).
+  assert res.info["mean_forget_synthesis_rate"] == pytest.approx(recs[1]["forget_synthesis_rate"])
   assert len(lines) == 2
   json.dumps(res.info)
   if name == "ispf":
@@ -476,6 +484,17 @@ def test_best_retain_test_selection_is_opt_in_and_logged(tmp_path):
   accs = [r["retain_test_acc"] for r in recs[1:]]
   assert len(accs) == 2 and res.info["best_retain_test_acc"] == max(accs)
   assert res.info["selection"] == "best_retain_test"
+  for r in recs[1:]:  # overall test accuracy = retain and forget accuracies weighted by their sizes
+    assert r["test_acc"] == pytest.approx((20 * r["retain_test_acc"] + 4 * r["forget_test_acc"]) / 24)
+  # dfkd (the reference's 'None' strategy) selects on overall accuracy instead.
+  ctx2, _ = _ctx(tmp_path, "sel_dfkd", selection="best_retain_test", epochs=2, loops_per_epoch=1,
+                 kd_steps=2)
+  ctx2.data.retain_test, ctx2.data.forget_test = ctx.data.retain_test, ctx.data.forget_test
+  res2 = distill.run_strategy(ctx2, distill.STRATEGIES["dfkd"])
+  with open(os.path.join(ctx2.workdir, "diagnostics.jsonl")) as fh:
+    recs2 = [json.loads(line) for line in fh]
+  assert res2.info["best_retain_test_acc"] == max(r["test_acc"] for r in recs2[1:])
+  assert (res.info["selection_metric"], res2.info["selection_metric"]) == ("retain_test_acc", "test_acc")
 
 
 def test_config_errors(tmp_path):

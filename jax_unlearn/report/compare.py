@@ -22,7 +22,7 @@ import numpy as np
 from jax_unlearn.errors import ConfigError, DataError
 
 # The fields that identify a run apart from its method: runs of A and B pair when these are equal.
-PAIR_KEYS = ("dataset", "model", "forget_mode", "forget_classes", "seed")
+PAIR_KEYS = ("dataset", "model", "forget_mode", "forget_classes", "forget_samples", "seed")
 
 
 def _record(raw: dict, source: str, defaults: dict | None = None) -> dict:
@@ -36,6 +36,8 @@ def _from_results(d: dict, path: str) -> list[dict]:
   defaults = {"dataset": (cfg.get("dataset") or {}).get("name"),
               "model": (cfg.get("model") or {}).get("name"),
               "forget_mode": (cfg.get("forget") or {}).get("mode")}
+  if defaults["forget_mode"] == "random":
+    defaults["forget_samples"] = (cfg.get("forget") or {}).get("num_samples")
   return [_record(row, f"{path}#{i}", defaults) for i, row in enumerate(d.get("rows", ()))]
 
 
