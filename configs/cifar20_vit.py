@@ -19,4 +19,5 @@ def get_config(arg: str = "class"):
   c.ssd.update(alpha=25.0 if sub else 5.0, lam=1.0)
   c.lfssd.update(alpha=10.0 if sub else 5.0, lam=1.0)
   c.bad_teacher.batch_size = 128  # the SSD repository's ViT runs (SPEC §4.5)
+  c.unsir.noise_steps = 250 if sub else 25  # its sub-class UNSIR trains the noise 250 steps, class 25
   return c

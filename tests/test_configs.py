@@ -29,6 +29,14 @@ def test_config_validates(name, arg):
   assert set(config_lib.parse_methods(c.methods)) <= set(config_lib.ALL_METHODS)
 
 
+def test_vit_configs_carry_the_reference_vit_settings():
+  # SSD repository (SPEC §4.5): bad teacher at batch 128 for the ViT; sub-class UNSIR noise 250 steps.
+  cls, sub = _get("cifar20_vit"), _get("cifar20_vit", "subclass")
+  assert cls.bad_teacher.batch_size == sub.bad_teacher.batch_size == 128
+  assert (cls.unsir.noise_steps, sub.unsir.noise_steps) == (25, 250)
+  assert sub.forget.mode == "subclass" and cls.forget.mode == "class"
+
+
 def test_parse_methods_accepts_flag_forms():
   assert config_lib.parse_methods(("ispf,pf",)) == ("ispf", "pf")
   assert config_lib.parse_methods(("ispf", "pf")) == ("ispf", "pf")

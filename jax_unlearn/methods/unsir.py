@@ -39,7 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   Fields:
     noise_batch_size: rows of each noise tensor (32).
-    noise_steps: Adam steps on the noise (25; the reference's sub-class script uses 250 in places).
+    noise_steps: Adam steps on the noise (25; the reference's sub-class scripts use 250, which
+      `configs/cifar20_vit.py:subclass` sets).
     noise_lr: Adam learning rate of the noise (0.1).
     noise_l2: weight of the mean squared-norm penalty on the noise (0.1).
     noise_bn_train: BN uses the noise batch's statistics while the noise is trained (reference).
