@@ -163,7 +163,8 @@ def unlearn(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   result, wall = run_method(setup, workdir, method, original, log)
   m = {"method": method, "dataset": setup.info.name, "model": config.model.name,
        "forget_mode": config.forget.mode,
-       "forget_classes": [] if config.forget.mode == "random" else [int(c) for c in config.forget.classes],
+       "forget_classes": ([] if config.forget.mode == "random"
+                          else [int(c) for c in config.forget.classes]),
        **({"forget_samples": int(config.forget.num_samples)} if config.forget.mode == "random" else {}),
        "seed": int(config.seed), **forget_retain_accuracy(setup, result.variables), "wall_s": wall,
        "info": result.info}

@@ -795,7 +795,8 @@ def _student_model(ctx, cfg):
 def _evaluate(ctx, model, variables) -> dict:
   from jax_unlearn.train.evaluate import accuracy  # noqa: PLC0415 (real data: optional logging only)
   d = ctx.data
-  r, f = accuracy(model, variables, d.retain_test, d.info), accuracy(model, variables, d.forget_test, d.info)
+  r = accuracy(model, variables, d.retain_test, d.info)
+  f = accuracy(model, variables, d.forget_test, d.info)
   n_r, n_f = len(d.retain_test.labels), len(d.forget_test.labels)
   return {"retain_test_acc": r, "forget_test_acc": f,
           "test_acc": (r * n_r + (f * n_f if n_f else 0.0)) / max(n_r + n_f, 1)}

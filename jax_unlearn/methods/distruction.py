@@ -660,10 +660,10 @@ def selection_key(acc_forget: float, acc_retain: float, lam: float, step: int,
   Class forgetting (`closest=None`): candidates with forget-val accuracy <= `max_forget_acc` come
   first, by best retain-val accuracy, then lower forget-val accuracy, smaller λ, fewer iterations; if
   none qualifies, the lowest forget-val accuracy wins.
-  Sub-class and random forgetting (`closest=(target, retain_ref)`, SSD's 'closest' rule, `ssd.select_alpha`):
-  Retrain still classifies such forget data about as well as unseen data, so the smallest
-  |forget acc − target| + (retain_ref − retain-val acc) wins (target = retain_ref = the original's
-  retain-val accuracy); driving the forget accuracy to 0 would overshoot Retrain.
+  Sub-class and random forgetting (`closest=(target, retain_ref)`, the 'closest' rule of
+  `ssd.select_alpha`): Retrain still classifies such forget data about as well as unseen data, so
+  the smallest |forget acc − target| + (retain_ref − retain-val acc) wins (target = retain_ref = the
+  original's retain-val accuracy); driving the forget accuracy to 0 would overshoot Retrain.
   A diverged (NaN) candidate is never chosen over a finite one."""
   f, r = float(acc_forget), float(acc_retain)
   if not (np.isfinite(f) and np.isfinite(r)):
@@ -695,9 +695,10 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   Iteration selection (early stopping on validation data): with `evaluate` and `cfg.select_every`
   > 0, `evaluate(qs, batch_stats) -> (acc_forget_val [L], acc_retain_val [L])` (percent, NaN for a
   diverged λ) is called every `select_every` iterations and after the last, and each λ keeps the
-  iterate with the smallest `selection_key` (with `evaluate.closest`, if it has one). The returned `qs`/`batch_stats` are then those kept
-  iterates, and `history` also holds 'eval_steps' [E], 'val_forget'/'val_retain' [E, L],
-  'best_step' [L] (0: no finite iterate), 'best_forget_val'/'best_retain_val' [L].
+  iterate with the smallest `selection_key` (with `evaluate.closest`, if it has one). The returned
+  `qs`/`batch_stats` are then those kept iterates, and `history` also holds 'eval_steps' [E],
+  'val_forget'/'val_retain' [E, L], 'best_step' [L] (0: no finite iterate),
+  'best_forget_val'/'best_retain_val' [L].
 
   Returns (qs, batch_stats, history): `qs` is a BGDState whose leaves have a leading λ axis, `history`
   holds per-iteration arrays [steps+1, L] of 'kl' (0 at iteration 0), and [steps, L] of 'objective',

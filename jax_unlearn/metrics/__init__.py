@@ -183,7 +183,8 @@ class MetricSuite:
       self._shadow = train_shadow_models(
           self.model, self.data, self.key, num_shadow=c.num_shadow, epochs=c.shadow_epochs,
           lr=c.shadow_lr, momentum=c.shadow_momentum, weight_decay=c.shadow_weight_decay,
-          batch_size=c.shadow_batch_size, milestones=tuple(c.shadow_milestones), gamma=c.shadow_gamma, augment=None if c.shadow_augment else False, seed=self.seed,
+          batch_size=c.shadow_batch_size, milestones=tuple(c.shadow_milestones), gamma=c.shadow_gamma,
+          augment=None if c.shadow_augment else False, seed=self.seed,
           max_eval=c.mia_ii_max_eval, vmapped=bool(c.shadow_vmap), ckpt_dir=self.shadow_dir,
           log=self.log)
       self.log(f"[metrics] trained {c.num_shadow} shadow models on a pool of "

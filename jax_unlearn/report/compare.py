@@ -135,7 +135,8 @@ def paired(runs: Sequence[dict], a: str, b: str, key: str = "acc_retain") -> dic
     if va is None or vb is None or not all(isinstance(v, (int, float)) for v in (va, vb)):
       raise DataError(f"{key!r} is missing or not a number in {ra[pid]['source']} or "
                       f"{rb[pid]['source']}; pick a --key both runs record (e.g. acc_retain).")
-    pairs.append({**dict(zip(PAIR_KEYS, pid)), "a": float(va), "b": float(vb), "diff": float(va) - float(vb)})
+    pairs.append({**dict(zip(PAIR_KEYS, pid)), "a": float(va), "b": float(vb),
+                  "diff": float(va) - float(vb)})
   unpaired = sorted(r["source"] for m in (ra, rb) for pid, r in m.items() if pid not in common_set)
   by_forget: dict[str, dict] = {}
   for fc in sorted({p["forget_classes"] for p in pairs}):
