@@ -62,7 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       noise_batch_size=32, noise_steps=25, noise_lr=0.1, noise_l2=0.1, noise_bn_train=True,
       num_noise_batches=80, noise_rows_per_copy=0, samples_per_class=500, optimizer="adam", lr=1e-4,
-      weight_decay=0.0, batch_size=32, impair_epochs=1, repair_lr=1e-4, repair_batch_size=128, repair_epochs=1))
+      weight_decay=0.0, batch_size=32, impair_epochs=1, repair_lr=1e-4, repair_batch_size=128,
+      repair_epochs=1))
 
 
 def validate_config(cfg, forget_mode: str) -> None:

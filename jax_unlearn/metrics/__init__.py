@@ -32,6 +32,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from jax_unlearn.errors import ConfigError
+from jax_unlearn.report.table import METRIC_KEYS
 from jax_unlearn.metrics import accuracy, ain, kl, mia_entropy, mia_i, mia_ii
 from jax_unlearn.metrics.accuracy import accuracy_from_logits, forget_eval_split, forget_retain_accuracy
 from jax_unlearn.metrics.ain import (RelearnResult, ain_eval_split, ain_target, anamnesis_index, relearn,
@@ -46,7 +47,7 @@ from jax_unlearn.metrics.mia_ii import (Attack, ShadowModels, fit_attack, mia_ii
 from jax_unlearn.train.evaluate import predict_logits
 
 METRIC_NAMES = ("acc", "mia_i", "mia_entropy", "mia_ii", "ain", "kl")
-RESULT_KEYS = ("acc_forget", "acc_retain", "mia_i", "mia_ii", "mia_entropy", "ain", "kl_to_retrain")
+RESULT_KEYS = METRIC_KEYS  # the metric columns of the table (report/table.py), in its order
 # config.metrics shadow field -> the original model's field it defaults to (config.train.*, or the
 # top-level supervised batch size).
 SHADOW_RECIPE = {"shadow_epochs": "epochs", "shadow_lr": "lr", "shadow_momentum": "momentum",
