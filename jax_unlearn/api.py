@@ -1,9 +1,14 @@
 """Library entry points behind the launchers (and what tests and other code call directly).
 
-Workdir layout:
-  W/original/seed<s>/{ckpt/, final/, metrics.json}   the original model (trained once, reused)
-  W/runs/<forget-tag>_seed<s>/<method>/        one method's run: metrics.json, diagnostics, plots
-  W/metrics.json                                the last launch's metrics (written atomically)
+Workdir layout (every cached artefact is named by the fingerprint of what it was computed from,
+`train.fingerprint`, so a changed config never reuses a stale one and never overwrites it):
+  W/original/seed<s>-<fp>/{ckpt/, final/, metrics.json}  the original model (trained once, reused);
+                                                          request-independent caches sit beside it
+  W/runs/<forget-tag>_seed<s>/<method>/                  one method's run: metrics.json, diagnostics,
+                                                          plots, ckpt-<fp>/ (resumable state)
+  W/shadows/<forget-tag>_seed<s>_<fp>/                   MIA-II shadow models (launch.experiment)
+  W/metrics.json                                         the last launch's metrics (written atomically)
+  W/.lock                                                held by the process working in W
 """
 
 from __future__ import annotations
@@ -21,9 +26,15 @@ from jax_unlearn import config as config_lib
 from jax_unlearn import data as data_lib
 from jax_unlearn import methods as methods_lib
 from jax_unlearn import models
-from jax_unlearn.io import atomic_write_json
-from jax_unlearn.train import checkpoint, supervised
+from jax_unlearn.errors import NumericalError
+from jax_unlearn.io import atomic_write_json, read_json, workdir_lock
+from jax_unlearn.methods import distruction
+from jax_unlearn.report import method_plots
+from jax_unlearn.train import supervised
 from jax_unlearn.train.evaluate import accuracy
+
+__all__ = ["Setup", "root_key", "phase_key", "forget_tag", "run_dir", "load_setup", "train_original", "train",
+           "make_context", "run_method", "forget_retain_accuracy", "unlearn", "prepare", "model_config"]
 
 
 @dataclasses.dataclass
@@ -32,6 +43,8 @@ class Setup:
   dataset: data_lib.Dataset
   data: data_lib.UnlearnData
   model: object
+  problem: object = None
+  original_dir: str = ""           # set by `train_original`
 
   @property
   def info(self):
@@ -59,91 +72,79 @@ def run_dir(config, workdir: str, method: str) -> str:
   return os.path.join(os.path.abspath(workdir), "runs", f"{forget_tag(config)}_seed{config.seed}", method)
 
 
-def original_dir(config, workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "original", f"seed{int(config.seed)}")
+def model_config(config) -> dict:
+  """`config.model` as a plain dict (what the model fingerprint covers)."""
+  return config.model.to_dict()
 
 
-def load_setup(config, workdir: str | None = None, methods: tuple[str, ...] = ()) -> Setup:
-  """Validates `config`, loads the dataset, builds the forget/retain views and the classifier."""
-  config_lib.validate(config, workdir, methods)
+def load_setup(config, workdir: str | None = None, methods: tuple[str, ...] = (),
+               with_metrics: bool = False) -> Setup:
+  """Validates `config` (every method in `methods`, and the metrics `with_metrics`), loads the dataset,
+  builds the forget/retain views and the classifier."""
+  prob = config_lib.validate(config, workdir, methods, with_metrics=with_metrics)
   dataset = data_lib.load_dataset(config.dataset, int(config.seed))
   udata = data_lib.make_unlearn_data(dataset, config.forget, int(config.seed))
   model = models.create_classifier(config.model, dataset.info.num_classes)
-  return Setup(config=config, dataset=dataset, data=udata, model=model)
-
-
-def model_meta(config, info) -> dict:
-  return {"dataset": info.name, "num_classes": info.num_classes,
-          "image_shape": list(info.image_shape), "model": config.model.name,
-          "model_config": config.model.to_dict()}
-
-
-def abstract_variables(model, info):
-  return jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0),
-                                                      (1,) + tuple(info.image_shape)))
-
-
-def train_config(config):
-  import ml_collections
-  return ml_collections.ConfigDict({**config.train.to_dict(), "batch_size": int(config.batch_size)})
-
-
-def fit_or_load(config, model, info, directory: str, train: data_lib.Split, val: data_lib.Split,
-                key, name: str, log: Callable[[str], None] = print):
-  """Trains `model` from scratch on (train, val) into `directory`, or loads it if already there.
-
-  Returns (variables, history or None when loaded)."""
-  final = os.path.join(directory, "final")
-  meta = model_meta(config, info)
-  if checkpoint.has_variables(final):
-    return checkpoint.load_variables(final, abstract_variables(model, info), meta), None
-  variables, hist = supervised.fit(model, train, val, info, train_config(config), key,
-                                   os.path.join(directory, "ckpt"), log=log, name=name,
-                                   seed=int(config.seed))
-  checkpoint.save_variables(final, variables, meta)
-  return variables, hist
+  return Setup(config=config, dataset=dataset, data=udata, model=model, problem=prob)
 
 
 def train_original(config, workdir: str, log: Callable[[str], None] = print, setup: Setup | None = None):
-  """Trains (or loads) the original model on the full training split. Returns (setup, variables, metrics)."""
+  """Trains (or loads) the original model on the full training split. Returns (setup, variables,
+  metrics); `setup.original_dir` is its directory."""
   setup = setup or load_setup(config, workdir)
-  d = original_dir(config, workdir)
-  t0 = time.time()
-  variables, hist = fit_or_load(config, setup.model, setup.info, d, setup.dataset.train,
-                                setup.dataset.val, phase_key(config, "original"), "original", log)
-  metrics_path = os.path.join(d, "metrics.json")
-  if hist is not None or not os.path.exists(metrics_path):
+  variables, info = supervised.fit_or_load(
+      setup.model, model_config(config), setup.dataset.train, setup.dataset.val, setup.info,
+      supervised.recipe(config.train, config.batch_size), phase_key(config, "original"),
+      os.path.join(os.path.abspath(workdir), "original"), f"seed{int(config.seed)}", name="original",
+      seed=int(config.seed), log=log)
+  setup.original_dir = info["directory"]
+  metrics_path = os.path.join(setup.original_dir, "metrics.json")
+  m = read_json(metrics_path) if info["cached"] else None
+  if not isinstance(m, dict):  # first training, or a missing/truncated file: measured again
     m = {"acc_test": accuracy(setup.model, variables, setup.dataset.test, setup.info),
          "acc_val": accuracy(setup.model, variables, setup.dataset.val, setup.info),
-         "train_s": time.time() - t0, "dataset": setup.info.name, "model": config.model.name,
-         "history": (hist or {}).get("history", [])}
+         "train_s": info.get("train_s"), "dataset": setup.info.name, "model": config.model.name,
+         "fingerprint": info["fingerprint"], "history": info.get("history", [])}
     atomic_write_json(metrics_path, m)
-  else:
-    import json
-    with open(metrics_path) as f:
-      m = json.load(f)
   return setup, variables, m
+
+
+def train(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+  """`launch.train`: trains (or loads) the original model; writes W/metrics.json; returns its metrics."""
+  setup = load_setup(config, workdir)
+  with workdir_lock(workdir):
+    setup, _, m = train_original(config, workdir, log, setup)
+    atomic_write_json(os.path.join(os.path.abspath(workdir), "metrics.json"),
+                      {**m, "directory": setup.original_dir})
+  return m
 
 
 def make_context(setup: Setup, workdir: str, method: str, original, log=print):
   config = setup.config
-  classes = () if config.forget.mode == "random" else tuple(int(c) for c in config.forget.classes)
-  if config.forget.mode == "subclass":
-    classes = ()  # the forgotten fine class is not a label of the classifier
+  mode = str(config.forget.mode)
+  # Classifier labels forgotten: none for random forgetting, and none in sub-class mode (the
+  # forgotten fine class is not a label of the classifier).
+  classes = tuple(int(c) for c in config.forget.classes) if mode == "class" else ()
   return methods_lib.UnlearnContext(
-      config=config, model=setup.model, original=original, data=setup.data,
-      key=phase_key(config, f"method/{method}"), workdir=run_dir(config, workdir, method), log=log,
-      forget_classes=classes, num_classes=setup.info.num_classes)
+      cfg=config_lib.method_config(config, method), model=setup.model, original=original,
+      data=setup.data, key=phase_key(config, f"method/{method}"), workdir=run_dir(config, workdir, method),
+      log=log, forget_classes=classes, num_classes=setup.info.num_classes, forget_mode=mode,
+      seed=int(config.seed), cache_dir=setup.original_dir,
+      train_cfg=supervised.recipe(config.train, config.batch_size), model_cfg=model_config(config))
 
 
 def run_method(setup: Setup, workdir: str, method: str, original, log=print):
-  """Runs one registered method; returns (UnlearnResult, wall seconds)."""
+  """Runs one registered method and writes its plots (`report.method_plots`); returns
+  (UnlearnResult, wall seconds)."""
   fn = methods_lib.get(method)
   ctx = make_context(setup, workdir, method, original, log)
   os.makedirs(ctx.workdir, exist_ok=True)
   t0 = time.time()
   result = fn(ctx)
-  return result, time.time() - t0
+  wall = time.time() - t0
+  files = method_plots.write(ctx.workdir, result, method)
+  result.info.update({k: v for k, v in files.items() if k.endswith(("_png", "_json"))})
+  return result, wall
 
 
 def forget_retain_accuracy(setup: Setup, variables) -> dict:
@@ -158,22 +159,49 @@ def forget_retain_accuracy(setup: Setup, variables) -> dict:
 def unlearn(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   """`launch.unlearn`: trains/loads the original, runs `config.method`, evaluates, writes metrics."""
   method = str(config.method)
-  setup = load_setup(config, workdir, (method,))
-  setup, original, _ = train_original(config, workdir, log, setup)
-  result, wall = run_method(setup, workdir, method, original, log)
-  m = {"method": method, "dataset": setup.info.name, "model": config.model.name,
-       "forget_mode": config.forget.mode,
-       "forget_classes": ([] if config.forget.mode == "random"
-                          else [int(c) for c in config.forget.classes]),
-       **({"forget_samples": int(config.forget.num_samples)} if config.forget.mode == "random" else {}),
-       "seed": int(config.seed), **forget_retain_accuracy(setup, result.variables), "wall_s": wall,
-       "info": result.info}
-  if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(result.variables)):
-    from jax_unlearn.errors import NumericalError
-    raise NumericalError(f"method {method} produced NaN/inf parameters; lower its learning rate "
-                         f"(--config.{method}.lr) and run again; nothing was written")
-  atomic_write_json(os.path.join(run_dir(config, workdir, method), "metrics.json"), m)
-  atomic_write_json(os.path.join(os.path.abspath(workdir), "metrics.json"), m)
+  setup = load_setup(config, workdir, (method,))  # every check before the original is trained
+  with workdir_lock(workdir):
+    setup, original, _ = train_original(config, workdir, log, setup)
+    result, wall = run_method(setup, workdir, method, original, log)
+    if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(result.variables)):
+      raise NumericalError(f"method {method} produced NaN/inf parameters; lower its learning rate "
+                           f"(--config.{method}.lr) and run again; nothing was written")
+    m = {"method": method, "dataset": setup.info.name, "model": config.model.name,
+         "forget_mode": config.forget.mode,
+         "forget_classes": ([] if config.forget.mode == "random"
+                            else [int(c) for c in config.forget.classes]),
+         **({"forget_samples": int(config.forget.num_samples)} if config.forget.mode == "random"
+            else {}),
+         "seed": int(config.seed), **forget_retain_accuracy(setup, result.variables), "wall_s": wall,
+         "info": result.info}
+    atomic_write_json(os.path.join(run_dir(config, workdir, method), "metrics.json"), m)
+    atomic_write_json(os.path.join(os.path.abspath(workdir), "metrics.json"), m)
   log(f"[{method}] acc_forget {m['acc_forget']:.2f}%  acc_retain {m['acc_retain']:.2f}%  "
       f"({wall:.1f}s)")
   return m
+
+
+def prepare(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+  """`launch.prepare`: trains/loads the original model of `workdir` (as `launch.train` does), then
+  learns DiStruction's σ_p on the training data with the mean frozen and stores the posterior beside
+  the original model, where `launch.unlearn --config.method=distruction` finds it.
+
+  Returns {'posterior_path', 'mean_equals_original', 'std_mean', 'std_min', 'std_max', 'prepare_s'}."""
+  setup = load_setup(config, workdir, ("distruction",))
+  with workdir_lock(workdir):
+    setup, original, _ = train_original(config, workdir, log, setup)
+    ctx = make_context(setup, workdir, "distruction", original, log)
+    t0 = time.time()
+    post = distruction.ensure_prepared(ctx)
+  path = distruction.posterior_dir(ctx)
+  same = all(bool(np.array_equal(np.asarray(a), np.asarray(b)))
+             for a, b in zip(jax.tree.leaves(post.mean), jax.tree.leaves(original["params"])))
+  if float(ctx.cfg.prep_mean_eta) == 0 and not same:
+    raise NumericalError(f"the prepared posterior mean in {path} differs from the original weights; "
+                         "delete it and run launch.prepare again")
+  sig = np.concatenate([np.ravel(np.asarray(s)) for s in jax.tree.leaves(post.std)])
+  out = {"posterior_path": path, "mean_equals_original": same, "std_mean": float(sig.mean()),
+         "std_min": float(sig.min()), "std_max": float(sig.max()), "prepare_s": time.time() - t0}
+  log(f"[distruction] posterior {path}: mean == original weights: {same}; sigma mean "
+      f"{out['std_mean']:.4g} (min {out['std_min']:.3g}, max {out['std_max']:.3g})")
+  return out

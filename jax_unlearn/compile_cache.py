@@ -22,6 +22,8 @@ import threading
 
 from absl import flags
 
+from jax_unlearn import xla_flags
+
 _CACHE = flags.DEFINE_string(
     "compile_cache", None, "Persistent XLA compilation cache directory ('none' disables; default "
     "$JAX_UNLEARN_CACHE_DIR or ~/.cache/jax_unlearn/xla).")
@@ -100,17 +102,29 @@ def format_stats(s: dict | None = None) -> str:
 
 def initialize_distributed() -> None:
   """`jax.distributed.initialize` with the flags' values (None: auto-detected from the cluster)."""
-  import jax  # noqa: PLC0415
+  import jax
   kw = {k: v for k, v in (("coordinator_address", _COORD.value), ("num_processes", _NPROC.value),
                           ("process_id", _PID.value)) if v is not None}
   jax.distributed.initialize(**kw)
+
+
+_QUIET = []
+
+
+def quiet() -> None:
+  """No compile-statistics line at exit (after an `error:` line it would only add noise)."""
+  _QUIET.append(True)
+
+
+def _print_stats() -> None:
+  if not _QUIET:
+    print(format_stats(), file=sys.stderr, flush=True)
 
 
 def setup(config=None) -> None:
   """What every launcher does first: the config's XLA flags (`config.xla_cpu_flags`, see
   `jax_unlearn.xla_flags`), distributed start-up, compilation cache, compile accounting."""
   if config is not None and config.get("xla_cpu_flags"):
-    from jax_unlearn import xla_flags  # noqa: PLC0415
     xla_flags.apply(config.xla_cpu_flags)
   if _DISTRIBUTED.value:
     initialize_distributed()
@@ -119,4 +133,4 @@ def setup(config=None) -> None:
     enable(cache)
   track()
   if _STATS.value:
-    atexit.register(lambda: print(format_stats(), file=sys.stderr, flush=True))
+    atexit.register(_print_stats)

@@ -1,38 +1,47 @@
-"""Building blocks for `configs/*.py` and config validation.
+"""Building blocks for `configs/*.py` and config validation, derived from the registries.
 
-`base_config()` returns the full field set with the method sub-configs taken from each method
-module's `default_config()`; a `configs/<name>.py` then sets the dataset/model/budget values.
-`validate(config)` checks everything that can be checked before any work starts.
+`base_config()` returns the full field set: the method sub-configs come from each registered method's
+`default_config()` (`methods.base`), `config.metrics` from the metric registry (`metrics.base`),
+`config.train` from `train.supervised`; a `configs/<name>.py` then sets the dataset/model/budget values.
+`validate(config, methods=...)` checks everything that can be checked before any work starts, calling
+every named method's and metric's `validate_config`; `method_config(config, name)` is a method's merged
+and validated sub-config.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
+import tempfile
 
 import ml_collections
 from ml_collections import config_dict
 
+from jax_unlearn import data, metrics, models
+from jax_unlearn import methods as methods_lib
+from jax_unlearn.configdict import merge
 from jax_unlearn.errors import ConfigError
+from jax_unlearn.methods.base import Problem
+from jax_unlearn.train import supervised
 
-# Every method name the experiment table knows, in table order.
-ALL_METHODS = ("original", "retrain", "finetune", "bad_teacher", "amnesiac", "unsir", "dfkd", "blockf",
-               "gkt", "is", "pf", "ispf", "pd", "ssd", "lfssd", "distruction")
-DATASET_CLASSES = {"digits": 10, "svhn_cropped": 10, "cifar10": 10, "cifar100": 100, "cifar20": 20}
-# Modules whose sub-config is not named after the module.
-_CONFIG_KEYS = {"distill": "ispf"}
+__all__ = ["base_config", "validate", "method_config", "problem", "parse_methods", "placeholder",
+           "sweep_config", "merge_sweep"]
 
 
-def method_default_configs() -> dict:
-  """{sub-config name: default ConfigDict} from every method module that defines `default_config`."""
-  from jax_unlearn import methods
-  out = {}
-  for info in pkgutil.iter_modules(methods.__path__):
-    mod = importlib.import_module(f"jax_unlearn.methods.{info.name}")
-    if hasattr(mod, "default_config"):
-      out[getattr(mod, "CONFIG_KEY", _CONFIG_KEYS.get(info.name, info.name))] = mod.default_config()
-  return out
+def sweep_config() -> ml_collections.ConfigDict:
+  """`config.sweep`: which runs of `config.method` one vmapped program holds (`launch.sweep`).
+
+  classes: forget classes, one run per class (empty: the single run `config.forget.classes`).
+  seeds: seeds, one run per seed and class (empty: `config.seed`). Each seed uses its own original model.
+  vmap: True runs all runs as one vmapped program; False runs them one after another (same results).
+  matmul_convs: route convs through `models.conv.matmul_conv_general_dilated` (fast vmapped convs on
+    XLA:CPU).
+  """
+  return ml_collections.ConfigDict(dict(classes=(), seeds=(), vmap=True, matmul_convs=True))
+
+
+def merge_sweep(config) -> ml_collections.ConfigDict:
+  """`config.sweep` merged over `sweep_config()`."""
+  return merge(sweep_config(), config.get("sweep", None), prefix="sweep")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,8 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.seeds = ()                    # experiment: run every seed listed (empty = just `seed`)
   c.method = "ispf"
-  c.methods = ALL_METHODS
-  c.batch_size = 64               # supervised training batch (original, retrain, shadow models)
+  c.methods = methods_lib.default_table()  # every registered method marked for the default table
+  c.batch_size = supervised.DEFAULT_BATCH_SIZE  # supervised training batch (original, retrain, shadows)
   c.eval_batch_size = 512
   # XLA flags set before JAX starts (jax_unlearn.xla_flags); CPU-only flags, e.g. xla_flags.FAST_CPU_CONVS.
   c.xla_cpu_flags = ""
@@ -52,13 +61,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name="allcnn", width=1.0, patch=4, dim=192, depth=6,
                                            heads=3, mlp_dim=384, fast_cpu_kernels=False))
   c.forget = ml_collections.ConfigDict(dict(mode="class", classes=(3,), num_samples=100))
-  c.train = ml_collections.ConfigDict(dict(epochs=30, lr=0.05, momentum=0.9, weight_decay=1e-4,
-                                           milestones=(20,), gamma=0.1))
-  for key, sub in method_default_configs().items():
-    c[key] = sub
-  from jax_unlearn import metrics, sweep  # noqa: PLC0415 (metrics and `launch.sweep` sub-configs)
+  c.train = supervised.default_train_config()
+  for s in methods_lib.specs():
+    if s.config_key and s.config_key not in c:
+      c[s.config_key] = s.default_config()
   c.metrics = metrics.default_config()
-  c.sweep = sweep.default_config()
+  c.sweep = sweep_config()
   return c
 
 
@@ -77,48 +85,63 @@ def _check(cond, msg):
     raise ConfigError(msg)
 
 
-def validate(config, workdir: str | None = None, methods: tuple[str, ...] = ()) -> None:
-  """Raises ConfigError (one line: the problem and the fix) for anything wrong in `config`."""
-  from jax_unlearn import data, methods as methods_lib, models
+def problem(config, info=None) -> Problem:
+  """The `methods.base.Problem` a config describes (validates `config.forget` against the data)."""
+  info = info if info is not None else data.dataset_info(config.dataset.name)
+  classes = data.validate_forget(config.forget, info)
+  mode = str(config.forget.mode)
+  return Problem(info=info, forget_mode=mode, forget_classes=tuple(classes),
+                 num_forget_samples=int(config.forget.num_samples) if mode == "random" else 0)
+
+
+def method_config(config, name: str) -> ml_collections.ConfigDict | None:
+  """The merged (`configdict.merge`) sub-config of method `name`, or None if it has none."""
+  s = methods_lib.spec(name)
+  if not s.config_key:
+    return None
+  return merge(s.default_config(), config.get(s.config_key), prefix=s.config_key)
+
+
+def _check_train(config) -> None:
+  t = config.train
+  _check(isinstance(config.batch_size, int) and not isinstance(config.batch_size, bool)
+         and config.batch_size > 0,
+         f"batch size must be a positive integer, got {config.batch_size!r}; set --config.batch_size=64")
+  _check(t.lr >= 0, f"learning rate must be >= 0, got {t.lr}; set --config.train.lr=0.05")
+  _check(isinstance(t.epochs, int) and t.epochs >= 1, f"train epochs must be an integer >= 1, got "
+         f"{t.epochs!r}; set --config.train.epochs=30")
+  ms = t.milestones if isinstance(t.milestones, (tuple, list)) else (t.milestones,)
+  bad = [m for m in ms if isinstance(m, bool) or not isinstance(m, int) or m < 0]
+  _check(not bad, f"--config.train.milestones must be non-negative integer epochs, got {tuple(ms)!r}; "
+         "set e.g. --config.train.milestones=20 (or '(20,25)')")
+  for f in ("momentum", "weight_decay", "gamma"):
+    _check(float(t[f]) >= 0, f"--config.train.{f} must be >= 0, got {t[f]}")
+
+
+def validate(config, workdir: str | None = None, methods: tuple[str, ...] = (),
+             with_metrics: bool = False) -> Problem:
+  """Raises ConfigError (one line: the problem and the fix) for anything wrong in `config`: the
+  data set, model, training recipe, forget request, every method in `methods` (its merged sub-config
+  through its `validate_config`) and, `with_metrics`, `config.metrics`; then whether `workdir` is
+  writable. Returns the `Problem`."""
   ds = config.dataset.name
-  _check(ds in DATASET_CLASSES, f"unknown dataset {ds!r}; set --config.dataset.name to one of: "
-         f"{', '.join(sorted(DATASET_CLASSES))}")
+  _check(ds in data.DATASETS, f"unknown dataset {ds!r}; set --config.dataset.name to one of: "
+         f"{', '.join(sorted(data.DATASETS))}")
   _check(config.model.name in models.CLASSIFIERS, f"unknown model {config.model.name!r}; set "
          f"--config.model.name to one of: {', '.join(sorted(models.CLASSIFIERS))}")
-  _check(isinstance(config.batch_size, int) and config.batch_size > 0,
-         f"batch size must be a positive integer, got {config.batch_size!r}; set --config.batch_size=64")
-  _check(config.train.lr >= 0, f"learning rate must be >= 0, got {config.train.lr}; set --config.train.lr=0.05")
-  _check(config.train.epochs >= 1, f"train epochs must be >= 1, got {config.train.epochs}; set "
-         "--config.train.epochs=30")
-  data.validate_forget(config.forget, data.dataset_info(ds))
-  known = set(methods_lib.names())
+  _check_train(config)
+  prob = problem(config)
   for m in methods:
-    _check(m in known or m in ALL_METHODS,
-           f"unknown method {m!r}; use one of: {', '.join(ALL_METHODS)}")
-    _check(m in known, f"method {m!r} is not implemented in this version yet; remove it from "
-           f"--config.methods (implemented: {', '.join(sorted(known))})")
-  if "unsir" in methods and config.forget.mode == "random":
-    raise ConfigError("unsir needs whole forget classes (it learns one noise tensor per class); remove "
-                      "unsir from --config.methods for random forgetting (finetune, bad_teacher, "
-                      "amnesiac and retrain work)")
-  defaults = None
-  for key in ("ispf", "lfssd", "ssd", "distruction", "finetune", "bad_teacher", "amnesiac", "unsir"):
-    sub = config.get(key)
-    if sub is None:
-      continue
-    for field in ("lr", "lr_g", "alpha", "lam", "tau", "batch_size"):
-      if field in sub and sub[field] is not None:
-        if (sub[field] > 0 if field == "batch_size" else sub[field] >= 0):
-          continue
-        defaults = method_default_configs() if defaults is None else defaults
-        default = defaults.get(key, {}).get(field)
-        raise ConfigError(
-            f"--config.{key}.{field} must be {'positive' if field == 'batch_size' else '>= 0'}, got "
-            f"{sub[field]}; set --config.{key}.{field}=<value>" +
-            (f" (default {default})" if default is not None else ""))
+    s = methods_lib.spec(m)  # unknown names: one line naming the registered ones
+    cfg = method_config(config, m)
+    if s.validate_config is not None:
+      s.validate_config(cfg, prob)
+  if with_metrics:
+    metrics.resolve_config(config, prob)
   if workdir is not None:
     _check(bool(workdir), "--workdir is required: pass --workdir=/some/dir")
     _check_writable(workdir)
+  return prob
 
 
 def _check_writable(workdir: str) -> None:
@@ -126,7 +149,6 @@ def _check_writable(workdir: str) -> None:
 
   A real probe file rather than `os.access`: root passes `os.access` on read-only mounts, and a
   regular file on the path only fails later inside `os.makedirs`."""
-  import tempfile
   parent = os.path.abspath(workdir)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)

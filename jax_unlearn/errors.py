@@ -24,3 +24,7 @@ class CheckpointError(UserError):
 
 class NumericalError(UserError, FloatingPointError):
   """A NaN or inf appeared in a loss or in the parameters."""
+
+
+class WorkdirBusyError(UserError):
+  """Another process is working in the same workdir."""

@@ -1,41 +1,38 @@
 """The main job: every method in `config.methods`, every metric, one comparison table.
 
-`run(config, workdir)` trains (or reuses) the original and retrain models, runs each method,
-evaluates all metrics with one `MetricSuite` per (seed, forget set) and writes results.json/md/csv
-and results.png. Everything is cached in the workdir: the unlearned model of each method and its
-metrics row (keyed by a fingerprint of the config), so a rerun only computes what is missing.
+`run(config, workdir)` validates everything first (every method's and metric's config, before any
+model is trained), trains (or reuses) the original and retrain models, runs each method, evaluates all
+metrics with one `MetricSuite` per (seed, forget set) and writes results.json/md/csv and results.png.
+Everything is cached in the workdir: the unlearned model of each method and its metrics row (keyed by
+a fingerprint of the config and of the original model), so a rerun only computes what is missing, and
+the table also shows the rows of earlier runs of other methods under the same fingerprint.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import glob
 import os
 import time
 from typing import Callable
 
 from jax_unlearn import api
 from jax_unlearn import config as config_lib
-from jax_unlearn.io import atomic_write_json
+from jax_unlearn import metrics
+from jax_unlearn import methods as methods_lib
+from jax_unlearn.errors import ConfigError
+from jax_unlearn.io import atomic_write_json, read_json, workdir_lock
 from jax_unlearn.report import table
-from jax_unlearn.train import checkpoint
+from jax_unlearn.train import checkpoint, fingerprint
+
+__all__ = ["run", "fingerprint_of", "shadow_dir"]
 
 _NOT_FINGERPRINTED = ("method", "methods", "seeds", "seed")
 
 
-def _model_dict(config) -> dict:
-  d = config.model.to_dict()
-  if not d.get("fast_cpu_kernels"):  # off: the same hashes as before the field existed
-    d.pop("fast_cpu_kernels", None)
-  return d
-
-
-def fingerprint(config) -> str:
+def fingerprint_of(config) -> str:
+  """The rows' fingerprint: the whole config except which methods/seeds are run."""
   d = {k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED}
-  if not d.get("xla_cpu_flags"):  # no flags: the same fingerprint as before the field existed
-    d.pop("xla_cpu_flags", None)
-  d["model"] = _model_dict(config)
-  return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return fingerprint.digest(fingerprint.describe(**d), length=16)
 
 
 # config.metrics fields the shadows depend on (besides every `shadow_*` field): count, pools, seed.
@@ -48,81 +45,89 @@ def shadow_dir(config, workdir: str) -> str:
   The hash covers exactly what `train_shadow_models` depends on: the data (dataset fields except
   where it is read from), the model, the forget set, the seed and the shadow fields of the resolved
   metric config (defaults included), so changing e.g. the AIN settings or `metrics.names` reuses them."""
-  from jax_unlearn import metrics  # noqa: PLC0415 (heavy import, only when the suite is built)
   mcfg, mseed = metrics.resolve_config(config)
   dataset = {k: v for k, v in config.dataset.to_dict().items() if k not in ("data_dir", "download")}
   shadow_fields = {k: mcfg[k] for k in mcfg if k.startswith("shadow_") or k in _SHADOW_METRIC_FIELDS}
-  d = {"dataset": dataset, "model": _model_dict(config), "forget": config.forget.to_dict(),
-       "seed": int(config.seed), "metric_seed": mseed, "metrics": shadow_fields}
-  h = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+  d = fingerprint.describe(dataset=dataset, model=config.model.to_dict(), forget=config.forget.to_dict(),
+                           seed=int(config.seed), metric_seed=mseed, metrics=shadow_fields, version=2)
   return os.path.join(os.path.abspath(workdir), "shadows",
-                      f"{api.forget_tag(config)}_seed{int(config.seed)}_{h}")
+                      f"{api.forget_tag(config)}_seed{int(config.seed)}_{fingerprint.digest(d)}")
 
 
 def _load_row(path: str, fp: str):
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      row = json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return None
-  return row if row.get("fingerprint") == fp else None
+  row = read_json(path)
+  return row if isinstance(row, dict) and row.get("fingerprint") == fp else None
+
+
+def _earlier_rows(workdir: str, cfg, fp: str, methods: tuple[str, ...]) -> list[dict]:
+  """Rows of other methods computed earlier in this workdir under the same fingerprint (so a later
+  run with fewer methods keeps them in the table)."""
+  group = os.path.dirname(api.run_dir(cfg, workdir, "x"))
+  rows = []
+  for path in sorted(glob.glob(os.path.join(group, "*", "row.json"))):
+    row = _load_row(path, fp)
+    if row is not None and row.get("method") not in methods:
+      rows.append(row)
+  return rows
 
 
 def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   methods = config_lib.parse_methods(config.methods)
   if not methods:
-    from jax_unlearn.errors import ConfigError
     raise ConfigError("config.methods is empty; pass e.g. --config.methods=original,retrain,ispf")
   seeds = tuple(int(s) for s in config.seeds) or (int(config.seed),)
-  config_lib.validate(config, workdir, methods)  # everything checked before any work starts
+  # Everything is checked before any work starts: every method's and metric's settings.
+  config_lib.validate(config, workdir, tuple(dict.fromkeys(methods + ("retrain",))), with_metrics=True)
   workdir = os.path.abspath(workdir)
-  fp = fingerprint(config)
+  order = {n: i for i, n in enumerate(methods_lib.names())}
   rows = []
   t_start = time.time()
-  for seed in seeds:
-    cfg = config.copy_and_resolve_references()
-    cfg.seed = seed
-    setup = api.load_setup(cfg, workdir, methods)
-    log(f"[experiment] seed {seed}: original model")
-    setup, original, _ = api.train_original(cfg, workdir, log, setup)
-    log("[experiment] retrain model (gold standard)")
-    retrain, retrain_wall = api.run_method(setup, workdir, "retrain", original, log)
-    suite = None
-    for i, method in enumerate(methods):
-      rdir = api.run_dir(cfg, workdir, method)
-      row = _load_row(os.path.join(rdir, "row.json"), fp)
-      if row is not None:
-        log(f"[experiment] {i + 1}/{len(methods)} {method}: cached")
+  with workdir_lock(workdir):
+    for seed in seeds:
+      cfg = config.copy_and_resolve_references()
+      cfg.seed = seed
+      setup = api.load_setup(cfg, workdir)
+      log(f"[experiment] seed {seed}: original model")
+      setup, original, orig_metrics = api.train_original(cfg, workdir, log, setup)
+      fp = fingerprint.digest({"config": fingerprint_of(cfg), "original": orig_metrics.get("fingerprint")},
+                              length=16)
+      log("[experiment] retrain model (gold standard)")
+      retrain, retrain_wall = api.run_method(setup, workdir, "retrain", original, log)
+      suite = None
+      for i, method in enumerate(methods):
+        rdir = api.run_dir(cfg, workdir, method)
+        row = _load_row(os.path.join(rdir, "row.json"), fp)
+        if row is not None:
+          log(f"[experiment] {i + 1}/{len(methods)} {method}: cached")
+          rows.append(row)
+          continue
+        log(f"[experiment] {i + 1}/{len(methods)} {method}: running "
+            f"(elapsed {time.time() - t_start:.0f}s)")
+        if method == "retrain":
+          result, wall = retrain, retrain.info.get("train_s", retrain_wall)
+        else:
+          result, wall = api.run_method(setup, workdir, method, original, log)
+          checkpoint.save_variables(os.path.join(rdir, "final"), result.variables,
+                                    {"method": method, "fingerprint": fp, "model": api.model_config(cfg)})
+        if suite is None:
+          log("[experiment] building the metric suite (shadow models, retrain relearn time)")
+          suite = metrics.MetricSuite(setup.model, setup.data, original_vars=original,
+                                      retrain_vars=retrain.variables, config=cfg, log=log,
+                                      cache_dir=shadow_dir(cfg, workdir))
+        m = suite(result.variables)
+        row = {"method": method, "forget_classes": [int(c) for c in cfg.forget.classes]
+               if cfg.forget.mode != "random" else [], "seed": seed,
+               **{k: m.get(k) for k in table.metric_keys()}, "wall_s": wall,
+               "ain_reached": None if m.get("relearn_reached") is None else bool(m["relearn_reached"]),
+               "fingerprint": fp, "info": result.info}
+        atomic_write_json(os.path.join(rdir, "row.json"), row)
         rows.append(row)
-        continue
-      log(f"[experiment] {i + 1}/{len(methods)} {method}: running "
-          f"(elapsed {time.time() - t_start:.0f}s)")
-      if method == "retrain":
-        result, wall = retrain, retrain.info.get("train_s", retrain_wall)
-      else:
-        final = os.path.join(rdir, "final")
-        result, wall = api.run_method(setup, workdir, method, original, log)
-        checkpoint.save_variables(final, result.variables, api.model_meta(cfg, setup.info))
-      if suite is None:
-        from jax_unlearn import metrics
-        log("[experiment] building the metric suite (shadow models, retrain relearn time)")
-        suite = metrics.MetricSuite(setup.model, setup.data, original_vars=original,
-                                    retrain_vars=retrain.variables, config=cfg, log=log,
-                                    shadow_dir=shadow_dir(cfg, workdir))
-      m = suite(result.variables)
-      row = {"method": method, "forget_classes": [int(c) for c in cfg.forget.classes]
-             if cfg.forget.mode != "random" else [], "seed": seed,
-             **{k: m.get(k) for k in table.METRIC_KEYS}, "wall_s": wall,
-             "ain_reached": None if m.get("relearn_reached") is None else bool(m["relearn_reached"]),
-             "fingerprint": fp, "info": result.info}
-      atomic_write_json(os.path.join(rdir, "row.json"), row)
-      rows.append(row)
-      log(f"[experiment] {method}: acc_forget {row['acc_forget']:.2f}% acc_retain "
-          f"{row['acc_retain']:.2f}% ({wall:.1f}s)")
-  title = (f"{config.dataset.name} / {config.model.name}, forget {config.forget.mode} "
-           f"{tuple(config.forget.classes) if config.forget.mode != 'random' else config.forget.num_samples}")
-  results = table.write_results(workdir, config.to_dict(), rows, title)
+        log(f"[experiment] {method}: acc_forget {row['acc_forget']:.2f}% acc_retain "
+            f"{row['acc_retain']:.2f}% ({wall:.1f}s)")
+      rows.extend(_earlier_rows(workdir, cfg, fp, methods))
+    rows.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
+    title = (f"{config.dataset.name} / {config.model.name}, forget {config.forget.mode} "
+             f"{', '.join(map(str, config.forget.classes)) if config.forget.mode != 'random' else config.forget.num_samples}")
+    results = table.write_results(workdir, config.to_dict(), rows, title)
   log(f"[experiment] done in {time.time() - t_start:.0f}s: {workdir}/results.md")
   return results

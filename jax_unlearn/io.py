@@ -1,11 +1,20 @@
-"""Atomic result files: written to a temporary file in the same directory, then renamed."""
+"""Atomic result files (written to a temporary file in the same directory, then renamed) and the
+workdir lock."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
+import sys
 import tempfile
+
+from jax_unlearn.errors import WorkdirBusyError
+
+__all__ = ["atomic_write_text", "atomic_write_json", "read_json_list", "read_json", "append_jsonl",
+           "workdir_lock"]
 
 
 def _clean(obj):
@@ -55,3 +64,56 @@ def append_jsonl(path: str, obj) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "a") as f:
     f.write(json.dumps(_clean(obj)) + "\n")
+
+
+def read_json(path: str, default=None):
+  """The JSON in `path`, or `default` when it is missing or unreadable (truncated, not JSON)."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return default
+
+
+_HELD: dict[str, list] = {}  # workdir -> [open lock file, depth]: the lock is re-entrant per process
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds `workdir/.lock` (an exclusive `flock`, with the owner's pid and command line in the file)
+  for the duration: a second process on the same workdir stops with one line instead of training into
+  the same checkpoints. The kernel drops the lock when its process dies, so a killed run's lock is
+  taken over by the next one."""
+  workdir = os.path.abspath(workdir)
+  held = _HELD.get(workdir)
+  if held is not None:
+    held[1] += 1
+    try:
+      yield
+    finally:
+      held[1] -= 1
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, ".lock")
+  f = open(path, "a+")  # noqa: SIM115 (held open for the lifetime of the lock)
+  try:
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    owner = f.read().strip().splitlines()
+    f.close()
+    who = f"process {owner[0]}" + (f" ({owner[1][:120]})" if len(owner) > 1 else "") if owner else \
+        "another process"
+    raise WorkdirBusyError(f"workdir {workdir} is in use by {who}; wait for it to finish or pass "
+                           "another --workdir") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"{os.getpid()}\n{' '.join(sys.argv)}\n")
+  f.flush()
+  _HELD[workdir] = [f, 1]
+  try:
+    yield
+  finally:
+    _HELD.pop(workdir, None)
+    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    f.close()

@@ -34,31 +34,21 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from jax_unlearn.errors import ConfigError
+from jax_unlearn import api
+from jax_unlearn import config as config_lib
+from jax_unlearn.errors import ConfigError, NumericalError
+from jax_unlearn.io import atomic_write_json, workdir_lock
+from jax_unlearn.methods import data_free, distill
 from jax_unlearn.models.conv import matmul_conv_general_dilated, matmul_convs
+from jax_unlearn.train import sharding
+from jax_unlearn.train.loop import run_chunks
 
 __all__ = ["default_config", "matmul_conv_general_dilated", "matmul_convs", "sweep_engine", "stack",
-           "unstack", "sweep_epoch", "run_sweep", "sweep_runs", "run"]
+           "unstack", "sweep_epoch", "run_sweep", "sweep_runs", "parse_ints", "run"]
 
-
-def default_config() -> ml_collections.ConfigDict:
-  """`config.sweep`: which runs of `config.method` one vmapped program holds (lead: `c.sweep =
-  sweep.default_config()` in `config.base_config`).
-
-  classes: forget classes, one run per class (empty: the single run `config.forget.classes`).
-  seeds: seeds, one run per seed and class (empty: `config.seed`). Each seed uses its own original model.
-  vmap: True runs all runs as one vmapped program; False runs them one after another (same results).
-  matmul_convs: route convs through `matmul_conv_general_dilated` (fast vmapped convs on XLA:CPU).
-  """
-  c = ml_collections.ConfigDict()
-  c.classes = ()
-  c.seeds = ()
-  c.vmap = True
-  c.matmul_convs = True
-  return c
+default_config = config_lib.sweep_config
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -82,10 +72,9 @@ def unstack(tree) -> list:
 
 @functools.partial(jax.jit, static_argnums=(0, 3), donate_argnums=(2,))
 def sweep_epoch(engine, teacher, states, stacked_teacher: bool = False):
-  """One epoch of every run: `jax.vmap(distill._run_epoch)` over the leading axis of `states` (and of
+  """One epoch of every run: `jax.vmap(distill.epoch)` over the leading axis of `states` (and of
   `teacher` if `stacked_teacher`). Donates `states`: the runs' buffers are updated in place."""
-  from jax_unlearn.methods import distill  # noqa: PLC0415 (methods import the registry lazily)
-  return jax.vmap(distill._run_epoch, in_axes=(None, 0 if stacked_teacher else None, 0))(
+  return jax.vmap(distill.epoch, in_axes=(None, 0 if stacked_teacher else None, 0))(
       engine, teacher, states)
 
 
@@ -98,20 +87,23 @@ def run_sweep(engine, teacher, states, epochs: int, *, stacked_teacher: bool = F
   (`sharding.shard_runs`); jit then runs each device's members there, with no communication.
   """
   if shard:
-    from jax_unlearn.train import sharding  # noqa: PLC0415
     mesh = sharding.runs_mesh(jax.tree.leaves(states)[0].shape[0])
     states = sharding.shard_runs(states, mesh)
     if stacked_teacher:
       teacher = sharding.shard_runs(teacher, mesh)
-  for e in range(int(epochs)):
-    t0 = time.time()
+  n_runs = jax.tree.leaves(states)[0].shape[0]
+
+  def epoch_fn(states, e):
     states = sweep_epoch(engine, teacher, states, stacked_teacher)
     if on_epoch is not None:
       on_epoch(e, states)
-    if log is not None:
-      jax.block_until_ready(states)
-      log(f"[sweep] epoch {e + 1}/{epochs} ({time.time() - t0:.1f}s for "
-          f"{jax.tree.leaves(states)[0].shape[0]} runs)")
+    jax.block_until_ready(states)
+    return states, {"epoch": e + 1}
+
+  states, _ = run_chunks(epoch_fn, states, int(epochs), phase="sweep",
+                         guard=lambda st, r: None,  # each run's parameters are checked at the end
+                         progress=(lambda i, r: f"[sweep] epoch {i + 1}/{epochs} ({n_runs} runs)")
+                         if log is not None else None, log=log or (lambda m: None))
   return states
 
 
@@ -120,7 +112,7 @@ def run_sweep(engine, teacher, states, epochs: int, *, stacked_teacher: bool = F
 
 def sweep_runs(config) -> list[tuple[int, tuple[int, ...]]]:
   """[(seed, forget classes)] of `config.sweep` (class mode: one class per run)."""
-  sw = config.get("sweep", None) or default_config()
+  sw = config_lib.merge_sweep(config)
   seeds = tuple(int(s) for s in (sw.seeds or (config.seed,)))
   if sw.classes:
     if config.forget.mode != "class":
@@ -133,6 +125,20 @@ def sweep_runs(config) -> list[tuple[int, tuple[int, ...]]]:
   return [(s, f) for s in seeds for f in sets]
 
 
+def parse_ints(values, flag: str) -> tuple[int, ...]:
+  """Integers of a list flag (`--classes=1,3`); one ConfigError line naming the flag otherwise."""
+  out = []
+  for v in values:
+    try:
+      out.append(int(str(v).strip()))
+    except ValueError:
+      raise ConfigError(f"{flag} takes integers separated by commas, got {v!r}; e.g. {flag}=1,3") from None
+  if len(set(out)) != len(out):
+    raise ConfigError(f"{flag} lists {sorted(x for x in set(out) if out.count(x) > 1)} twice; give each "
+                      "value once")
+  return tuple(out)
+
+
 def _run_config(config, seed, forget):
   c = config.copy_and_resolve_references()
   c.seed = int(seed)
@@ -143,41 +149,36 @@ def _run_config(config, seed, forget):
 def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
   """Runs `config.method` (a data-free strategy) for every (seed, forget classes) of `config.sweep` as
   one vmapped program; writes each run's metrics.json where `launch.unlearn` would. Returns them."""
-  from jax_unlearn import api  # noqa: PLC0415
-  from jax_unlearn.io import atomic_write_json  # noqa: PLC0415
-  from jax_unlearn.methods import distill  # noqa: PLC0415
-  from jax_unlearn.models import create_generator  # noqa: PLC0415
-
   method = str(config.method)
   if method not in distill.STRATEGIES:
     raise ConfigError(f"a sweep runs one data-free method, got {method!r}; set --config.method to one "
                       f"of: {', '.join(distill.STRATEGIES)}")
-  sw = config.get("sweep", None) or default_config()
+  sw = config_lib.merge_sweep(config)
   runs = sweep_runs(config)
+  if len(set(runs)) != len(runs):
+    raise ConfigError(f"the sweep lists a run twice ({runs}); give each forget class and seed once, "
+                      "e.g. --classes=1,3 --seeds=0,1")
   cfgs = [_run_config(config, s, f) for s, f in runs]
-  setups, teachers, ctxs = [], [], []
-  for c in cfgs:
-    setup = api.load_setup(c, workdir, (method,))
-    setup, original, _ = api.train_original(c, workdir, log, setup)
-    setups.append(setup)
+  setups = [api.load_setup(c, workdir, (method,)) for c in cfgs]  # every check before any training
+  with workdir_lock(workdir):
+    return _run(config, workdir, log, method, sw, runs, cfgs, setups)
+
+
+def _run(config, workdir, log, method, sw, runs, cfgs, setups):
+  teachers, ctxs = [], []
+  for i, c in enumerate(cfgs):
+    setups[i], original, _ = api.train_original(c, workdir, log, setups[i])
     teachers.append({k: v for k, v in original.items() if k in ("params", "batch_stats")})
-    ctxs.append(api.make_context(setup, workdir, method, original, log))
+    ctxs.append(api.make_context(setups[i], workdir, method, original, log))
   strategy = distill.STRATEGIES[method]
-  cfg = distill._config(ctxs[0])
+  cfg = ctxs[0].cfg
   info = setups[0].info
-  h, _, ch = tuple(info.image_shape)
-  gen = create_generator(cfg.generator, h, ch, nz=int(cfg.nz), ngf=int(cfg.ngf))
-  student = distill._student_model(ctxs[0], cfg)
-  engine = distill.make_engine(setups[0].model, student, gen, cfg, num_classes=info.num_classes,
-                               mean=info.mean, std=info.std)
-  states = []
+  engine, states = None, []
   for ctx in ctxs:
-    knobs = distill.make_knobs(strategy, cfg, forget_classes=ctx.forget_classes,
-                               num_classes=info.num_classes)
-    # The same key split as `distill.run_strategy`, so a sweep run equals its `launch.unlearn` run.
+    # The same key split as `data_free.run_strategy`, so a sweep run equals its `launch.unlearn` run.
     key_init, _ = jax.random.split(ctx.key)
-    states.append(distill.init_state(engine, knobs, key_init, lr_g=cfg.lr_g, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay))
+    engine, state = data_free.build(cfg, setups[0].model, info, strategy, ctx.forget_classes, key_init)
+    states.append(state)
   epochs = int(cfg.warmup) + int(cfg.epochs)
   multi_seed = len({s for s, _ in runs}) > 1
   t0 = time.time()
@@ -198,7 +199,6 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
   for (seed, forget), c, setup, st in zip(runs, cfgs, setups, out):
     variables = jax.device_get(distill.student_variables(st))
     if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables)):
-      from jax_unlearn.errors import NumericalError  # noqa: PLC0415
       raise NumericalError(f"sweep run seed={seed} forget={forget} produced NaN/inf parameters; lower "
                            "--config.ispf.lr or --config.ispf.lr_g")
     m = {"method": method, "dataset": setup.info.name, "model": c.model.name, "forget_mode": "class",

@@ -17,9 +17,8 @@ def main(argv):
   del argv
   from jax_unlearn import cli
   cli.setup(_CONFIG)  # before any JAX work: XLA flags, multi-host start, compile cache
-  from jax_unlearn.methods import distruction
-  cli.run_main(lambda: distruction.prepare_workdir(cli.config_value(_CONFIG), _WORKDIR.value,
-                                                   cli.progress_logger()))
+  from jax_unlearn import api
+  cli.run_main(lambda: api.prepare(cli.config_value(_CONFIG), _WORKDIR.value, cli.progress_logger()))
 
 
 if __name__ == "__main__":

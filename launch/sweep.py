@@ -24,9 +24,9 @@ def main(argv):
   def go():
     config = cli.config_value(_CONFIG)
     if _CLASSES.value is not None:
-      config.sweep.classes = tuple(int(c) for c in _CLASSES.value)
+      config.sweep.classes = sweep.parse_ints(_CLASSES.value, "--classes")
     if _SEEDS.value is not None:
-      config.sweep.seeds = tuple(int(s) for s in _SEEDS.value)
+      config.sweep.seeds = sweep.parse_ints(_SEEDS.value, "--seeds")
     if _VMAP.value is not None:
       config.sweep.vmap = _VMAP.value
     sweep.run(config, _WORKDIR.value, cli.progress_logger())

@@ -14,12 +14,9 @@ def main(argv):
   from jax_unlearn import cli
   cli.setup(_CONFIG)  # before any JAX work: XLA flags, multi-host start, compile cache
   from jax_unlearn import api
-  from jax_unlearn.io import atomic_write_json
 
   def go():
-    import os
-    _, _, m = api.train_original(cli.config_value(_CONFIG), _WORKDIR.value, cli.progress_logger())
-    atomic_write_json(os.path.join(_WORKDIR.value, "metrics.json"), m)
+    m = api.train(cli.config_value(_CONFIG), _WORKDIR.value, cli.progress_logger())
     print(f"acc_test {m['acc_test']:.2f}%  (metrics in {_WORKDIR.value}/metrics.json)")
   cli.run_main(go)
 

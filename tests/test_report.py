@@ -16,12 +16,12 @@ def test_results_schema_and_table(tmp_path):
   assert set(res) == {"config", "rows"}
   assert [r["method"] for r in res["rows"]] == ["retrain", "ispf", "ispf"]
   for r in res["rows"]:
-    assert tuple(r) == table.ROW_KEYS          # exactly the documented keys, in order
+    assert tuple(r) == table.row_keys()          # exactly the documented keys, in order
   assert res["rows"][0]["mia_entropy"] is None  # NaN is written as null, never as invalid JSON
   md = (tmp_path / "results.md").read_text()
   assert "| ispf | 3 | 2 | 2.00 ± 1.00 | 96.00 ± 1.00 |" in md  # mean ± std over seeds
   assert "| retrain | 3 | 1 | 0.00 | 99.00 |" in md
-  assert (tmp_path / "results.csv").read_text().splitlines()[0].split(",") == list(table.ROW_KEYS)
+  assert (tmp_path / "results.csv").read_text().splitlines()[0].split(",") == list(table.row_keys())
   assert (tmp_path / "results.png").stat().st_size > 1000
 
 

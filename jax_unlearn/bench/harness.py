@@ -13,6 +13,7 @@ import dataclasses
 import os
 import platform
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,8 @@ import numpy as np
 
 from jax_unlearn import sweep
 from jax_unlearn.models import conv as conv_lib
-from jax_unlearn.methods import distill, lfssd, ssd
-from jax_unlearn.models import AllCNN, create_generator, init_variables
+from jax_unlearn.methods import data_free, distill, lfssd, ssd
+from jax_unlearn.models import AllCNN, init_variables
 from jax_unlearn.train import supervised
 
 SIZES = {
@@ -123,23 +124,21 @@ def jax_train_step(sz, conv=None):
   return step, b, flops
 
 
-def _ispf_engine(sz, loops=1, conv=None):
+def _ispf_run(sz, forget_class=3, seed=0, loops=1, conv=None):
+  """(cfg, engine, teacher variables, initial state) of one ISPF run at size `sz`, through the library's
+  builder (`methods.data_free.build`, as `launch.unlearn` and the sweep use it)."""
   cfg = distill.default_config()
   cfg.update(dict(batch_size=sz["ispf_batch"], ngf=sz["ngf"], nz=sz["nz"], kd_steps=10, g_steps=1,
                   loops_per_epoch=loops, warmup=0, epochs=1))
   h, _, c = sz["shape"]
   model = AllCNN(K, sz["width"], fast_cpu_kernels=sz.get("fast_cpu_kernels", False))
   teacher = init_variables(model, jax.random.key(0), (1,) + sz["shape"])
-  gen = create_generator("dfq", h, c, nz=sz["nz"], ngf=sz["ngf"])
-  eng = distill.make_engine(model, model, gen, cfg, num_classes=K, mean=MEAN * c, std=STD * c)
+  info = types.SimpleNamespace(image_shape=sz["shape"], num_classes=K, mean=MEAN * c, std=STD * c)
+  eng, state = data_free.build(cfg, model, info, distill.STRATEGIES["ispf"], (forget_class,),
+                               jax.random.key(seed))
   if conv is not None:
     eng = dataclasses.replace(eng, conv_interceptor=CONV_INTERCEPTORS[conv])
-  return cfg, eng, teacher
-
-
-def _ispf_state(cfg, eng, forget_class, seed):
-  knobs = distill.make_knobs(distill.STRATEGIES["ispf"], cfg, forget_classes=(forget_class,), num_classes=K)
-  return distill.init_state(eng, knobs, jax.random.key(seed))
+  return cfg, eng, teacher, state
 
 
 def _ispf_flops(cfg, eng, teacher, state):
@@ -161,8 +160,8 @@ def _ispf_flops(cfg, eng, teacher, state):
 
 def jax_ispf_loop(sz, conv=None):
   """`distill.loop_step` (one jitted loop: 1 generator + 10 student steps) of ISPF, forget class 3."""
-  cfg, eng, teacher = _ispf_engine(sz, conv=conv)
-  box = [_ispf_state(cfg, eng, 3, 0)]
+  cfg, eng, teacher, state = _ispf_run(sz, conv=conv)
+  box = [state]
   flops = _ispf_flops(cfg, eng, teacher, box[0])
 
   def loop():
@@ -206,8 +205,9 @@ def sweep_vs_sequential(reps, n_classes=10, loops=1, variants=("matmul", "lax"),
   `speedup_bound_at_matmul_peak` = peak / the sequential runs' GFLOP/s: the speed-up a vmapped program
   would show if every FLOP of it ran at the matmul peak (both sides do the same FLOPs)."""
   sz = SIZES["digits"]
-  cfg, eng, teacher = _ispf_engine(sz, loops)
-  states = [_ispf_state(cfg, eng, c, c) for c in range(n_classes)]
+  runs = [_ispf_run(sz, c, c, loops) for c in range(n_classes)]
+  cfg, eng, teacher, _ = runs[0]
+  states = [r[3] for r in runs]
   loop_flops = _ispf_flops(cfg, eng, teacher, states[0])
 
   def seq():

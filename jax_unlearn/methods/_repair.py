@@ -12,14 +12,14 @@ train it, BN in train mode, on a fixed set of (image, target) pairs: integer lab
 * Epoch e's order is `jax.random.permutation(fold_in(key, e), n)`: a function of the method key only,
   so a run is reproducible from `config.seed`. The steps need no randomness (unlearning data are not
   augmented in the reference, SPEC §4.5).
-* The step reuses `supervised.TrainState` (params + batch_stats + optax state) and the supervised
-  optimiser (`supervised.make_optimizer`: PyTorch-style SGD weight decay), and is data-parallel over the
-  'data' mesh like `supervised.train_step`.
+* The step is the library's one supervised step (`train.steps.sgd_step`, with a padding weight) and
+  the optimiser the supervised one (`supervised.make_optimizer`: PyTorch-style SGD weight decay); it
+  is data-parallel over the 'data' mesh like `supervised.train_step`, and the epochs run through the
+  resumable loop (`train.loop.run_chunks`: NaN guard, progress; no checkpoint, these runs are short).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from typing import Callable
@@ -31,8 +31,13 @@ import numpy as np
 import optax
 
 from jax_unlearn.data.normalize import normalize
-from jax_unlearn.errors import ConfigError, NumericalError
+from jax_unlearn.errors import ConfigError
 from jax_unlearn.train import sharding, supervised
+from jax_unlearn.train.loop import finite_guard, run_chunks
+from jax_unlearn.train.steps import CrossEntropy, SoftTargetKL, TrainState, sgd_step
+
+__all__ = ["OPTIMIZERS", "KL_REDUCTIONS", "make_tx", "tx_from_config", "check_positive", "CrossEntropy",
+           "SoftTargetKL", "repair_step", "epoch_order", "padded_batches", "copy_variables", "fit"]
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -81,37 +86,6 @@ def check_positive(cfg, name: str, ints: tuple[str, ...] = (), floats: tuple[str
                         f"--config.{name}.{f} to one (e.g. 1e-4)")
 
 
-def _finite(tree) -> bool:
-  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Per-sample losses. Frozen dataclasses: hashable by value, so they can be static jit arguments.
-
-@dataclasses.dataclass(frozen=True)
-class CrossEntropy:
-  """Per-sample softmax cross-entropy on integer labels (`F.cross_entropy` before its batch mean)."""
-
-  def __call__(self, logits, targets):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-
-
-@dataclasses.dataclass(frozen=True)
-class SoftTargetKL:
-  """Per-sample KL(target || softmax(logits / T)) to precomputed teacher probabilities `targets`.
-
-  The blindspot reference calls `F.kl_div(log_softmax(s / T), p_teacher)` with its default 'mean'
-  reduction, i.e. the sum over the batch and classes divided by N*K; `reduction='mean'` reproduces that
-  1/K factor, 'batchmean' drops it (true per-sample KL). Under Adam the factor barely matters.
-  """
-  temperature: float = 1.0
-  reduction: str = "mean"
-
-  def __call__(self, logits, targets):
-    kl = optax.losses.kl_divergence(jax.nn.log_softmax(logits / self.temperature, -1), targets)
-    return kl / logits.shape[-1] if self.reduction == "mean" else kl
-
-
 KL_REDUCTIONS = ("mean", "batchmean")
 
 
@@ -119,25 +93,15 @@ KL_REDUCTIONS = ("mean", "batchmean")
 # The step and the loop.
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",), donate_argnums=(0,))
-def repair_step(state: supervised.TrainState, batch: dict, mean, std, loss_fn):
+def repair_step(state: TrainState, batch: dict, mean, std, loss_fn):
   """One optimiser step on the weighted mean of `loss_fn(logits, batch['target'])`, BN in train mode.
 
   `batch['weight']` is 1 for real rows and 0 for padding; padding rows are left out of the loss and of
   the BN batch statistics and running-average update. `batch['image']` is raw [0,1]. Returns the new
   state and the batch loss.
   """
-  x = normalize(batch["image"], mean, std)
-  w = batch["weight"]
-
-  def objective(params):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
-                                     train=True, mask=w > 0, mutable=["batch_stats"])
-    per_sample = loss_fn(logits, batch["target"])
-    return jnp.sum(per_sample * w) / jnp.maximum(jnp.sum(w), 1.0), updates
-
-  (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads,
-                                batch_stats=updates.get("batch_stats", state.batch_stats))
+  state, loss, _ = sgd_step(state, normalize(batch["image"], mean, std), batch["target"], loss_fn=loss_fn,
+                            weight=batch["weight"])
   return state, loss
 
 
@@ -182,25 +146,26 @@ def fit(model, variables, tx: optax.GradientTransformation, images: np.ndarray, 
     raise ConfigError(f"[{name}] nothing to train on (0 samples); check config.forget")
   sharding.check_batch_size(batch_size, field=f"--config.{name}.{batch_flag}")
   v = copy_variables(variables)
-  state = supervised.TrainState.create(apply_fn=model.apply, params=v["params"], tx=tx,
-                                       batch_stats=v.get("batch_stats", {}))
+  state = TrainState.create(apply_fn=model.apply, params=v["params"], tx=tx,
+                            batch_stats=v.get("batch_stats", {}))
   state = sharding.replicate(state)
   mean = jnp.asarray(info.mean, jnp.float32)
   std = jnp.asarray(info.std, jnp.float32)
-  history, t0 = [], time.time()
-  for epoch in range(int(epochs)):
+  t0 = time.time()
+
+  def epoch_fn(state, epoch):
     losses = []
     for batch in padded_batches(images, targets, batch_size, epoch_order(key, epoch, n)):
       state, loss = repair_step(state, sharding.shard_batch(batch), mean, std, loss_fn=loss_fn)
       losses.append(loss)
-    loss = float(jnp.mean(jnp.stack(losses)))
-    if not np.isfinite(loss) or not _finite(state.params):
-      raise NumericalError(f"[{tag}] loss became {loss} in epoch {epoch + 1}; lower "
-                           f"--config.{name}.{lr_flag} and run again")
-    rec = {"epoch": epoch + 1, "loss": loss, "steps": len(losses), "elapsed_s": time.time() - t0}
-    history.append(rec)
-    log(f"[{tag}] epoch {epoch + 1}/{epochs} loss {loss:.4f} ({len(losses)} steps, "
-        f"{rec['elapsed_s']:.1f}s)")
+    return state, {"epoch": epoch + 1, "loss": float(jnp.mean(jnp.stack(losses))), "steps": len(losses),
+                   "elapsed_s": time.time() - t0}
+
+  state, history = run_chunks(
+      epoch_fn, state, int(epochs), phase=tag, guard=finite_guard(("loss",), check=lambda s: s.params),
+      fix=f"lower --config.{name}.{lr_flag} and run again",
+      progress=lambda i, r: f"[{tag}] epoch {i + 1}/{epochs} loss {r['loss']:.4f} ({r['steps']} steps)",
+      log=log)
   # A model without BatchNorm (ViT) has no 'batch_stats' collection: return exactly the input's.
   out = jax.device_get(state.variables)
   return {k: out[k] for k in variables}, history

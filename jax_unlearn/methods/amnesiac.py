@@ -32,7 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
                                         epochs=3, batch_size=128))
 
 
-def validate_config(cfg) -> None:
+def validate_config(cfg, problem: base.Problem | None = None) -> None:
+  del problem
   _repair.check_positive(cfg, "amnesiac", ints=("epochs", "batch_size"),
                          floats=("lr", "momentum", "weight_decay"))
 
@@ -51,11 +52,11 @@ def relabel_other_class(key, labels, num_classes: int) -> np.ndarray:
   return np.asarray(_shift(key, labels, jnp.int32(num_classes)), np.int32)
 
 
-@base.register("amnesiac")
+@base.register("amnesiac", default_config=default_config, validate_config=validate_config, order=50,
+               data="D_f (relabelled), D_r")
 def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   """Trains a copy of `ctx.original` on randomly relabelled D_f + D_r. Uses D_f and D_r."""
-  cfg = ctx.config.amnesiac
-  validate_config(cfg)
+  cfg = ctx.cfg
   k_label, k_shuffle = jax.random.split(ctx.key)
   forget, retain = ctx.data.forget_train, ctx.data.retain_train
   wrong = relabel_other_class(k_label, forget.labels, int(ctx.num_classes))

@@ -46,7 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
                                         kl_reduction="mean"))
 
 
-def validate_config(cfg) -> None:
+def validate_config(cfg, problem: base.Problem | None = None) -> None:
+  del problem
   _repair.check_positive(cfg, "bad_teacher", ints=("epochs", "batch_size"),
                          floats=("lr", "weight_decay", "retain_fraction"))
   if not 0.0 <= float(cfg.retain_fraction) <= 1.0:
@@ -77,12 +78,12 @@ def teacher_targets(model, variables, images, info, temperature: float) -> np.nd
   return np.asarray(jax.nn.softmax(logits / temperature, -1), np.float32)
 
 
-@base.register("bad_teacher")
+@base.register("bad_teacher", default_config=default_config, validate_config=validate_config,
+               order=40, data="D_f, a random 30 % of D_r")
 def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   """Distils a copy of `ctx.original` on D_f (toward a random teacher) + 30 % of D_r (toward the
   original). Uses D_f and D_r."""
-  cfg = ctx.config.bad_teacher
-  validate_config(cfg)
+  cfg = ctx.cfg
   info = ctx.data.info
   k_teacher, k_subset, k_shuffle = jax.random.split(ctx.key, 3)
   forget, retain = ctx.data.forget_train, ctx.data.retain_train

@@ -1,18 +1,26 @@
-"""The contract every unlearning method follows.
+"""The contract every unlearning method follows, and the method registry.
 
 A method is one file in `jax_unlearn/methods/` that holds its paper's equations as pure functions and
-registers a `run(ctx) -> UnlearnResult` entry point by name::
+registers a `run(ctx) -> UnlearnResult` entry point by name, with its config contract::
 
     from jax_unlearn.methods import base
 
-    @base.register("lfssd")
+    def default_config() -> ml_collections.ConfigDict: ...       # config.<name> defaults
+    def validate_config(cfg, problem: base.Problem) -> None: ... # raise ConfigError naming the fix
+
+    @base.register("lfssd", default_config=default_config, validate_config=validate_config,
+                   order=150, data="D_r, D_f (labels unused)")
     def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
       ...
 
-`ctx.config` is the full experiment config; a method reads its own sub-config (`ctx.config.lfssd`).
-The original model (the teacher) is `ctx.model` (a flax.linen module) with variables `ctx.original`
+Nothing else is edited to add a method: modules are discovered (`discover`), the experiment table, the
+default `config.methods`, `config.validate` (which calls every `validate_config` on the merged
+sub-config *before* any model is trained) and the contract test read this registry.
+
+`ctx.cfg` is the method's merged and validated sub-config (`config.<config_key>`); the original model
+(the teacher) is `ctx.model` (a flax.linen module) with variables `ctx.original`
 (`{'params': ..., 'batch_stats': ...}`). Data-free methods must not touch `ctx.data` images at all;
-the data they may use is stated in their docstring.
+the data each method reads is declared in `data` and stated in its docstring.
 """
 
 from __future__ import annotations
@@ -21,31 +29,51 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import ml_collections
 
-from jax_unlearn.errors import ConfigError
+from jax_unlearn.registry import Registry
+
+__all__ = ["Variables", "Problem", "UnlearnContext", "UnlearnResult", "MethodSpec", "register", "get",
+           "spec", "specs", "names", "default_table", "discover", "unregister"]
 
 Variables = dict[str, Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """What a config describes, known before any work: enough to validate a method's settings.
+
+  info: the dataset's `DataInfo` (classes, image shape, normalisation); forget_mode: 'class' |
+  'subclass' | 'random'; forget_classes: the forgotten classes (fine classes in 'subclass' mode, empty
+  in 'random' mode); num_forget_samples: the random-forgetting sample count (0 otherwise).
+  """
+  info: Any
+  forget_mode: str = "class"
+  forget_classes: tuple[int, ...] = ()
+  num_forget_samples: int = 0
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.info.num_classes)
+
+
 @dataclasses.dataclass
 class UnlearnContext:
-  """Everything a method may use. Built by `jax_unlearn.api.unlearn`."""
-  config: Any                      # ml_collections.ConfigDict, the full config
+  """Everything a method may use. Built by `jax_unlearn.api.make_context` (or by hand)."""
+  cfg: Any                         # the method's merged sub-config (ml_collections.ConfigDict)
   model: Any                       # flax.linen classifier module (see jax_unlearn.models)
   original: Variables              # variables of the trained original model (the teacher)
   data: Any                        # jax_unlearn.data.UnlearnData (forget/retain views), or None
   key: jax.Array                   # PRNG key reserved for this method; split it, never reuse it
   workdir: str                     # directory for this method's diagnostics and checkpoints
   log: Callable[[str], None] = print  # progress lines (method, step, elapsed)
-  forget_classes: tuple[int, ...] = ()  # empty for random-sample forgetting
+  forget_classes: tuple[int, ...] = ()  # classifier labels forgotten; empty for random/sub-class
   num_classes: int = 10
-
-  @property
-  def forget_mode(self) -> str:
-    """'class' | 'subclass' | 'random': `config.forget.mode`, else inferred from `forget_classes`."""
-    forget = self.config.get("forget", None) if hasattr(self.config, "get") else None
-    mode = forget.get("mode", None) if forget is not None else None
-    return mode or ("class" if self.forget_classes else "random")
+  forget_mode: str = "class"       # 'class' | 'subclass' | 'random'
+  seed: int = 0                    # the experiment seed (numpy shuffles of methods that use them)
+  cache_dir: str = ""              # beside the original model: request-independent caches
+  train_cfg: Any = None            # the original's training recipe (retrain trains with it)
+  model_cfg: Any = None            # config.model (retrain's fingerprint)
 
 
 @dataclasses.dataclass
@@ -53,29 +81,79 @@ class UnlearnResult:
   """The unlearned model and anything the method wants recorded."""
   variables: Variables             # {'params': ..., 'batch_stats': ...} of the unlearned model
   info: dict = dataclasses.field(default_factory=dict)  # JSON-able extras (diagnostic summaries)
+  # Material for plots and reports (per-epoch records, sample images, curves): drawn by
+  # `jax_unlearn.report.method_plots`, never written into metrics.json.
+  artifacts: dict = dataclasses.field(default_factory=dict)
 
 
-_REGISTRY: dict[str, Callable[[UnlearnContext], UnlearnResult]] = {}
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """A registered method. `config_key` names its sub-config (several methods may share one, as the
+  data-free strategies share `config.ispf`); `order` places it in the table; `in_default_table`
+  puts it in the default `config.methods`; `data` says which data it reads (documentation)."""
+  name: str
+  run: Callable[[UnlearnContext], UnlearnResult]
+  config_key: str | None = None
+  default_config: Callable[[], ml_collections.ConfigDict] | None = None
+  validate_config: Callable[[Any, Problem], None] | None = None
+  order: float = 1000.0
+  in_default_table: bool = True
+  data: str = ""
 
 
-def register(name: str):
-  """Decorator registering `run(ctx) -> UnlearnResult` under `name`."""
+_REGISTRY: Registry[MethodSpec] = Registry("method", __name__.rpartition(".")[0],
+                                           "--config.method (or --config.methods)")
+
+
+def _module(fn) -> str | None:
+  return getattr(fn, "__module__", None) or getattr(getattr(fn, "func", None), "__module__", None)
+
+
+def register(name: str, *, default_config: Callable | None = None, validate_config: Callable | None = None,
+             config_key: str | None = None, order: float = 1000.0, in_default_table: bool = True,
+             data: str = ""):
+  """Decorator registering `run(ctx) -> UnlearnResult` under `name` (see the module docstring).
+  `config_key` defaults to `name` when the method has a `default_config`."""
   def deco(fn):
-    if name in _REGISTRY and _REGISTRY[name] is not fn:
-      raise ValueError(f"method {name!r} registered twice")
-    _REGISTRY[name] = fn
+    key = config_key or (name if default_config is not None else None)
+    old = _REGISTRY.peek(name)
+    if old is not None and old.run is not fn and _module(old.run) != _module(fn):
+      raise ValueError(f"method {name!r} registered twice ({_module(old.run)}, {_module(fn)})")
+    _REGISTRY.add(MethodSpec(name=name, run=fn, config_key=key, default_config=default_config,
+                             validate_config=validate_config, order=order,
+                             in_default_table=in_default_table, data=data))
     return fn
   return deco
 
 
-def get(name: str) -> Callable[[UnlearnContext], UnlearnResult]:
-  from jax_unlearn import methods  # noqa: F401  (imports every method module, filling the registry)
-  if name not in _REGISTRY:
-    raise ConfigError(
-        f"unknown method {name!r}; set --config.method to one of: {', '.join(sorted(_REGISTRY))}")
-  return _REGISTRY[name]
+def unregister(name: str) -> None:
+  """Removes a method registered from outside the package (tests, notebooks)."""
+  _REGISTRY.pop(name)
+
+
+def discover() -> None:
+  """Imports every module of this package once (each registers its methods on import)."""
+  _REGISTRY.discover()
+
+
+def specs() -> list[MethodSpec]:
+  """Every registered method, in table order."""
+  return _REGISTRY.all()
 
 
 def names() -> list[str]:
-  from jax_unlearn import methods  # noqa: F401
-  return sorted(_REGISTRY)
+  return _REGISTRY.names()
+
+
+def default_table() -> tuple[str, ...]:
+  """The default `config.methods`: every registered method marked `in_default_table`, in order."""
+  return tuple(s.name for s in specs() if s.in_default_table)
+
+
+def spec(name: str) -> MethodSpec:
+  return _REGISTRY.get(name)
+
+
+def get(name: str) -> Callable[[UnlearnContext], UnlearnResult]:
+  """The `run` function of a registered method."""
+  return spec(name).run

@@ -1,17 +1,17 @@
-"""Data-free unlearning by adversarial distillation: DFKD, BlockF, GKT, IS, PF, ISPF, PD as one engine.
+"""The data-free distillation engine: DFKD, BlockF, GKT, IS, PF, ISPF, PD as one program.
 
-All seven methods are one loop (SPEC §1.6) that differs only in a `Strategy`:
+All seven methods of ISPF (Zhang et al., AAAI'25) are one loop that differs only in a `Strategy`:
 
-* which synthetic samples the student may see (`prefilter`: none | blockf (§1.5.2) | gkt (§1.5.1));
-* the generator's adversarial term (`inhibited`: Eq. 7 of ISPF, §1.3, instead of −KL(T‖S));
-* the distillation target (`teacher_target`: kl | postfilter (Eq. 8–9, §1.5.3) | pd (App. I, §1.5.4)).
+* which synthetic samples the student may see (`prefilter`: none | blockf | gkt, GKT's PreFilter);
+* the generator's adversarial term (`inhibited`: Eq. 7 of ISPF instead of −KL(T‖S), Eq. 2-5);
+* the distillation target (`teacher_target`: kl | postfilter (Eq. 8–9) | pd (App. I)).
 
-One *loop* is `g_steps` Adam steps of the generator (DFQ loss, §1.3) followed by `kd_steps` SGD steps of
-a randomly initialised student (§1.4), each on a fresh synthetic batch. A filtered batch keeps its fixed
-shape: rejected rows are masked out of the student's BatchNorm statistics and out of the batchmean KL,
-and an empty batch skips the rest of that loop's student steps (§1.12), via a carry flag in the scanned
-inner loop. An *epoch* is one jitted `lax.scan` over `loops_per_epoch` loops; Python only loops over
-epochs (diagnostics, checkpoints, optional evaluation).
+One *loop* is `g_steps` Adam steps of the generator (the DFQ loss) followed by `kd_steps` SGD steps of
+a randomly initialised student, each on a fresh synthetic batch. A filtered batch keeps its fixed shape:
+rejected rows are masked out of the student's BatchNorm statistics and out of the batchmean KL, and an
+empty batch skips the rest of that loop's student steps, via a carry flag in the scanned inner loop. An
+*epoch* is one jitted `lax.scan` over `loops_per_epoch` loops; the resumable loop
+(`train.loop.run_chunks`, in `methods.data_free`) runs the epochs.
 
 The static part of a run (networks, batch size, loop sizes) is an `Engine`, a value-hashed static jit
 argument; the strategy, forget classes and hyper-parameters are traced `Knobs` carried in the state, so
@@ -19,6 +19,8 @@ all eight strategies, every forget class and every tau/lr share one compiled pro
 
 Public API (pure functions over pytrees, usable from other JAX code)::
 
+    engine, state = data_free.build(cfg, teacher_model, info, STRATEGIES["ispf"], (3,), key)
+    # or step by step:
     engine = make_engine(teacher_model, student_model, generator, cfg, num_classes=10,
                          mean=info.mean, std=info.std)
     knobs = make_knobs(STRATEGIES["ispf"], cfg, forget_classes=(3,), num_classes=10)
@@ -28,22 +30,15 @@ Public API (pure functions over pytrees, usable from other JAX code)::
     diag = epoch_diagnostics(engine, state)                     # host-side dict
     unlearned = student_variables(state)
 
-and `run_strategy(ctx, strategy)`, the method entry point shared by the strategy files
-(`dfkd.py`, `blockf.py`, `gkt.py`, `inhibited.py` ("is"), `pf.py`, `ispf.py`, `pd.py` ("pd", "pd_is")).
-
-Data-free: the engine uses only the teacher (`ctx.original`, `ctx.model`) and `ctx.data.info` (image
-shape, mean/std). Real images are read only for the parity-only `selection='best_retain_test'` and for
-optional evaluation logging (`eval_every > 0`).
+The method entry points (`run_strategy`, registered as dfkd, blockf, gkt, is, pf, ispf, pd, pd_is)
+live in `methods.data_free`. The engine uses only the teacher and the data set's image shape and
+mean/std: it never reads a real image.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
-import os
-import time
 from typing import Any, Callable
 
 import flax
@@ -56,167 +51,25 @@ import optax
 from jax import lax
 
 from jax_unlearn.data.normalize import normalize
-from jax_unlearn.errors import ConfigError, NumericalError
-from jax_unlearn.methods import base
-from jax_unlearn.models import bn_input_stats, create_generator, init_variables, sample_z
-from jax_unlearn.models.conv import (_loop_safe_convs, loop_safe_conv,  # noqa: F401
-                                     loop_safe_conv_general_dilated)
+from jax_unlearn.errors import ConfigError
+from jax_unlearn.methods._distill_losses import (activation_loss, adversarial_loss, balance_loss,
+                                                 blockf_mask, bn_statistics_loss, cosine_lr,
+                                                 inhibited_synthesis_loss, masked_kl, one_hot_loss,
+                                                 pd_teacher_probs, postfilter, postfilter_row,
+                                                 prefilter_mask, retain_entropy)
+from jax_unlearn.models import bn_input_stats, init_variables, sample_z
+from jax_unlearn.models.conv import _loop_safe_convs, loop_safe_conv, loop_safe_conv_general_dilated
 
 __all__ = [
     "Strategy", "STRATEGIES", "Engine", "Knobs", "DistillState", "default_config", "make_engine",
-    "make_knobs", "init_state", "loop_step", "run_epoch", "begin_epoch", "end_epoch", "epoch_diagnostics",
-    "generator_objective", "synthetic_batch", "keep_mask", "target_probs", "student_loss_and_grads",
-    "student_variables", "sample_images", "run_strategy",
+    "make_knobs", "init_state", "loop_step", "epoch", "run_epoch",
+    "begin_epoch", "end_epoch", "epoch_diagnostics", "generator_objective", "synthetic_batch",
+    "keep_mask", "target_probs", "student_loss_and_grads", "student_variables", "sample_images",
     "bn_statistics_loss", "one_hot_loss", "balance_loss", "activation_loss", "adversarial_loss",
     "inhibited_synthesis_loss", "postfilter_row", "postfilter", "pd_teacher_probs", "prefilter_mask",
     "blockf_mask", "masked_kl", "retain_entropy", "cosine_lr", "loop_safe_conv",
     "loop_safe_conv_general_dilated",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Losses, filters and targets (pure functions; `forget_mask` is a [K] bool vector of the classes in F).
-
-def bn_statistics_loss(stats) -> jax.Array:
-  """L_BN of DFQ/DeepInversion (SPEC §1.3, §3): Σ_l ‖σ²_l − v_l‖₂ + ‖μ_l − m_l‖₂.
-
-  `stats` is a list of (input mean μ_l, input *biased* variance σ²_l, running mean m_l, running var v_l),
-  one per teacher BatchNorm (`models.bn_input_stats`). The norms are plain (unsquared) L2 norms as in the
-  reference hook; `optax.safe_norm` keeps the gradient finite when a gap is exactly zero.
-  """
-  total = jnp.zeros((), jnp.float32)
-  for mean, var, run_mean, run_var in stats:
-    total = total + optax.safe_norm(run_var - var, 0.0) + optax.safe_norm(run_mean - mean, 0.0)
-  return total
-
-
-def one_hot_loss(t_logits) -> jax.Array:
-  """L_oh (SPEC §1.3): mean_b CE(z^T_b, argmax z^T_b), the instance-entropy term of DFQ."""
-  labels = jnp.argmax(t_logits, -1)
-  return optax.softmax_cross_entropy_with_integer_labels(t_logits, labels).mean()
-
-
-def balance_loss(t_logits) -> jax.Array:
-  """L_bal (SPEC §1.3): Σ_c p̄_c log p̄_c with p̄ the batch-mean teacher softmax (negative entropy)."""
-  p_bar = jax.nn.softmax(t_logits, -1).mean(0)
-  return jnp.sum(jax.scipy.special.xlogy(p_bar, p_bar))
-
-
-def activation_loss(t_features) -> jax.Array:
-  """L_act (SPEC §1.3, DAFL): −mean |f^T| of the teacher's penultimate features (weight 0 in ISPF)."""
-  return -jnp.mean(jnp.abs(t_features))
-
-
-def _kl_terms(t_logits, s_logits):
-  """Element-wise k_bc = p^T_bc (log p^T_bc − log p^S_bc), as `F.kl_div(log p^S, p^T, 'none')`."""
-  p_t = jax.nn.softmax(t_logits, -1)
-  return jax.scipy.special.xlogy(p_t, p_t) - p_t * jax.nn.log_softmax(s_logits, -1)
-
-
-def adversarial_loss(t_logits, s_logits) -> jax.Array:
-  """L_adv of DFKD/GKT/PF/BlockF (SPEC §1.3): −KL(p^T ‖ p^S), T = 1, batchmean.
-
-  Minimising it makes the generator seek samples on which student and teacher disagree (Eq. 2–5).
-  """
-  return -jnp.sum(_kl_terms(t_logits, s_logits)) / t_logits.shape[0]
-
-
-def inhibited_synthesis_loss(t_logits, s_logits, forget_mask) -> jax.Array:
-  """Inhibited Synthesis, Eq. 7 of ISPF in its code form (SPEC §1.3).
-
-  L_adv^IS = (1/B) Σ_b [ Σ_{c∈F} k_bc − Σ_{c∈R} k_bc ],  k_bc = p^T_bc (log p^T_bc − log p^S_bc).
-
-  The generator still maximises the teacher–student gap on retained classes, but *minimises* it on the
-  forget classes; since the student's forget probability stays tiny, this drives the teacher's forget
-  probability (and hence forget-class synthesis) down. Gradients flow through both networks.
-  """
-  k = _kl_terms(t_logits, s_logits)
-  signed = jnp.where(jnp.asarray(forget_mask, bool)[None, :], k, -k)
-  return jnp.sum(signed) / t_logits.shape[0]
-
-
-def postfilter_row(z, forget_mask, tau, gated=True) -> jax.Array:
-  """PostFilter on one row of teacher logits, Eq. 8–9 of ISPF as implemented (SPEC §1.5.3).
-
-  With m = min_c z_c and M_c = [c ∈ F] ∧ [p_c > τ] (gate, reference code; M_c = [c ∈ F] if not gated):
-    Δ = Σ_c M_c (z_c − m)                  (Eq. 8)
-    z̃_c = z_c + Δ / (K − |F|)  for c ∈ R   (Eq. 9)
-    z̃_c = m                   where M_c    (forget logits not selected by the gate are unchanged).
-  The retained logits all move by one constant, so softmax restricted to R is unchanged.
-  """
-  forget_mask = jnp.asarray(forget_mask, bool)
-  p = jax.nn.softmax(z, -1)
-  m = jnp.min(z)
-  sel = forget_mask & jnp.where(jnp.asarray(gated), p > tau, True)
-  delta = jnp.sum(jnp.where(sel, z - m, 0.0))
-  n_retain = z.shape[-1] - jnp.sum(forget_mask)
-  z_tilde = jnp.where(forget_mask, z, z + delta / n_retain)
-  return jnp.where(sel, m, z_tilde)
-
-
-postfilter = jax.vmap(postfilter_row, in_axes=(0, None, None, None))
-postfilter.__doc__ = "`postfilter_row` over the rows of [B, K] teacher logits (Eq. 8–9 of ISPF)."
-
-
-def pd_teacher_probs(t_logits, forget_mask, tau=0.0, gated=False) -> jax.Array:
-  """PD target (App. I of ISPF, SPEC §1.5.4): zero the forget probabilities and renormalise.
-
-  p̃_c = p^T_c [c ∈ R] / Σ_{r∈R} p^T_r, i.e. softmax with forget logits set to −∞. Ungated by default (the
-  paper describes PD as unconditional); `gated=True` zeroes only forget entries with p^T_c > τ. Pair it
-  with `masked_kl(..., target_is_probs=True)`, which uses xlogy so that 0·log 0 = 0.
-  """
-  forget_mask = jnp.asarray(forget_mask, bool)
-  drop = forget_mask[None, :] & jnp.where(jnp.asarray(gated), jax.nn.softmax(t_logits, -1) > tau, True)
-  # The softmax over the kept logits: renormalising p after zeroing would be 0/0 = NaN once every
-  # kept probability underflows (a logit gap of ~104 in float32).
-  return jax.nn.softmax(jnp.where(drop, -jnp.inf, t_logits), -1)
-
-
-def prefilter_mask(t_logits, forget_mask, tau) -> jax.Array:
-  """GKT PreFilter (SPEC §1.5.1): keep row b iff p^T_bf < τ (strict) for every forget class f."""
-  p = jax.nn.softmax(t_logits, -1)
-  ok = jnp.where(jnp.asarray(forget_mask, bool)[None, :], p < tau, True)
-  return jnp.all(ok, -1)
-
-
-def blockf_mask(t_logits, forget_mask) -> jax.Array:
-  """BlockF (SPEC §1.5.2): keep row b iff argmax_c z^T_bc ∉ F."""
-  return ~jnp.asarray(forget_mask, bool)[jnp.argmax(t_logits, -1)]
-
-
-def masked_kl(t_logits_or_probs, s_logits, mask=None, target_is_probs=False) -> jax.Array:
-  """KL(p^T ‖ p^S) with T = 1, `batchmean` over the kept rows only (SPEC §1.4 step 6, §1.12).
-
-  (1/N_kept) Σ_{b kept} Σ_c p_bc (log p_bc − log p^S_bc); the target is logits (softmaxed here) or, with
-  `target_is_probs`, probabilities (PD). An empty mask gives 0 (the caller skips such steps anyway).
-  """
-  p = t_logits_or_probs if target_is_probs else jax.nn.softmax(t_logits_or_probs, -1)
-  row = jnp.sum(jax.scipy.special.xlogy(p, p) - p * jax.nn.log_softmax(s_logits, -1), -1)
-  if mask is None:
-    return row.mean()
-  m = mask.astype(row.dtype)
-  return jnp.sum(row * m) / jnp.maximum(jnp.sum(m), 1.0)
-
-
-def retain_entropy(t_logits, forget_mask, mask=None) -> jax.Array:
-  """Eq. 11 of ISPF (SPEC §1.9): H = −Σ_{b kept} Σ_{c∈R} q_bc log q_bc, q_b = softmax over retain logits.
-
-  Summed (not averaged) over the N samples taking part in distillation, as the reference's `entropy()`.
-  The PostFilter shift leaves q unchanged, so raw teacher logits are used.
-  """
-  q = jax.nn.softmax(jnp.where(jnp.asarray(forget_mask, bool)[None, :], -jnp.inf, t_logits), -1)
-  h = -jnp.sum(jax.scipy.special.xlogy(q, q), -1)
-  return jnp.sum(h if mask is None else h * mask.astype(h.dtype))
-
-
-def cosine_lr(lr, eta_min, t_max, t) -> jax.Array:
-  """PyTorch `CosineAnnealingLR` closed form: η_min + (η_0 − η_min)(1 + cos(π t / T_max)) / 2.
-
-  `t` counts scheduler steps, taken once per post-warm-up epoch (SPEC §1.4 step 8; T_max = 200 in the
-  reference whatever the number of epochs).
-  """
-  return eta_min + (lr - eta_min) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.asarray(t, jnp.float32) / t_max))
-
 
 # ----------------------------------------------------------------------------------------------------
 # Convolutions inside lax.scan / lax.cond on XLA:CPU.
@@ -274,9 +127,6 @@ STRATEGIES = {
 }
 
 
-CONFIG_KEY = "ispf"  # the sub-config this module reads (config.ispf), shared by all strategies
-
-
 def default_config() -> ml_collections.ConfigDict:
   """`config.ispf`, shared by every data-free method (dfkd, blockf, gkt, is, pf, ispf, pd, pd_is).
 
@@ -313,7 +163,7 @@ def default_config() -> ml_collections.ConfigDict:
                              # accuracy, overall accuracy for dfkd; parity only)
   c.student_width = ml_collections.config_dict.placeholder(float)  # None: same width as the teacher
   c.eval_every = 0           # evaluate forget/retain test accuracy every N epochs (0: never, data-free)
-  c.checkpoint_every = 0     # save a resumable engine state every N epochs (0: never)
+  c.checkpoint_every = 1     # save the resumable engine state every N epochs (0: never)
   c.plots = True             # write distill_curves.png and synthetic_samples.png into the workdir
   return c
 
@@ -685,7 +535,8 @@ def end_epoch(engine: Engine, state: DistillState) -> DistillState:
   return state.replace(epoch=state.epoch + 1, sched_step=state.sched_step + take.astype(jnp.int32))
 
 
-def _run_epoch(engine: Engine, teacher, state: DistillState) -> DistillState:
+def epoch(engine: Engine, teacher, state: DistillState) -> DistillState:
+  """One epoch, un-jitted (`run_epoch` is its jit; `jax_unlearn.sweep` vmaps it over runs)."""
   state = begin_epoch(engine, state)
   state, _ = lax.scan(lambda s, _: (_loop_step(engine, teacher, s), None), state, None,
                       length=engine.loops_per_epoch)
@@ -696,7 +547,7 @@ def _run_epoch(engine: Engine, teacher, state: DistillState) -> DistillState:
 def run_epoch(engine: Engine, teacher, state: DistillState) -> DistillState:
   """One epoch as a single jitted `lax.scan` of `loop_step` over `loops_per_epoch` loops, between
   `begin_epoch` and `end_epoch`; read `epoch_diagnostics(engine, state)` afterwards."""
-  return _run_epoch(engine, teacher, state)
+  return epoch(engine, teacher, state)
 
 
 def epoch_diagnostics(engine: Engine, state: DistillState) -> dict:
@@ -746,202 +597,3 @@ def sample_images(engine: Engine, state: DistillState, key, n: int):
   if not engine.normalize_output:
     x = x * jnp.asarray(engine.std) + jnp.asarray(engine.mean)
   return jnp.clip(x, 0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Method entry point.
-
-def _config(ctx) -> ml_collections.ConfigDict:
-  cfg = default_config()
-  user = ctx.config.get("ispf", None) if hasattr(ctx.config, "get") else None
-  if user is not None:
-    for k in user.keys():
-      if k not in cfg:
-        raise ConfigError(f"unknown field config.ispf.{k}; valid fields: {', '.join(sorted(cfg.keys()))}")
-      try:
-        cfg[k] = user[k]
-      except (TypeError, ValueError) as e:
-        raise ConfigError(f"config.ispf.{k}={user[k]!r} has the wrong type ({e}); use a "
-                          f"{type(cfg[k]).__name__}") from e
-  _validate(cfg)
-  return cfg
-
-
-def _validate(cfg):
-  def need(ok, field, msg):
-    if not ok:
-      raise ConfigError(f"config.ispf.{field}={cfg[field]!r} {msg}; set --config.ispf.{field}")
-  need(cfg.generator in ("dfq", "zskt"), "generator", "is not 'dfq' or 'zskt'")
-  need(cfg.selection in ("final", "best_retain_test"), "selection", "is not 'final' or 'best_retain_test'")
-  for k in ("batch_size", "kd_steps", "loops_per_epoch", "nz", "ngf"):
-    need(int(cfg[k]) >= 1, k, "must be >= 1")
-  for k in ("epochs", "warmup", "g_steps", "eval_every", "checkpoint_every"):
-    need(int(cfg[k]) >= 0, k, "must be >= 0")
-  need(0.0 <= float(cfg.tau) <= 1.0, "tau", "must be in [0, 1] (e.g. 0.01)")
-  need(float(cfg.lr) > 0, "lr", "must be > 0")
-  need(float(cfg.t_max) > 0, "t_max", "must be > 0 (the reference uses 200)")
-  need(cfg.student_width is None or float(cfg.student_width) > 0, "student_width", "must be > 0 or unset")
-
-
-def _student_model(ctx, cfg):
-  if cfg.student_width is None:
-    return ctx.model
-  if not hasattr(ctx.model, "width"):
-    raise ConfigError(f"config.ispf.student_width is set but {type(ctx.model).__name__} has no width; "
-                      "unset --config.ispf.student_width")
-  return ctx.model.clone(width=float(cfg.student_width))
-
-
-def _evaluate(ctx, model, variables) -> dict:
-  from jax_unlearn.train.evaluate import accuracy  # noqa: PLC0415 (real data: optional logging only)
-  d = ctx.data
-  r = accuracy(model, variables, d.retain_test, d.info)
-  f = accuracy(model, variables, d.forget_test, d.info)
-  n_r, n_f = len(d.retain_test.labels), len(d.forget_test.labels)
-  return {"retain_test_acc": r, "forget_test_acc": f,
-          "test_acc": (r * n_r + (f * n_f if n_f else 0.0)) / max(n_r + n_f, 1)}
-
-
-def _finite(tree) -> bool:
-  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
-
-
-def run_strategy(ctx: base.UnlearnContext, strategy: Strategy) -> base.UnlearnResult:
-  """Runs one data-free strategy end to end; writes `<workdir>/diagnostics.jsonl` (one line per epoch).
-
-  Reads `ctx.config.ispf` (see `default_config`), the teacher (`ctx.model`, `ctx.original`) and
-  `ctx.data.info` only. Returns the final student (or, with selection='best_retain_test', the
-  post-warm-up epoch with the best retain *test* accuracy, the reference's parity-only selection).
-  """
-  cfg = _config(ctx)
-  info = ctx.data.info
-  num_classes = int(getattr(info, "num_classes", ctx.num_classes))
-  forget = tuple(int(c) for c in ctx.forget_classes)
-  if strategy.name != "dfkd" and not forget:
-    raise ConfigError(f"method {strategy.name!r} unlearns whole classes but no forget class is set; use "
-                      "--config.forget.mode=class --config.forget.classes=3 (or method 'dfkd')")
-  if any(c < 0 or c >= num_classes for c in forget) or len(set(forget)) >= num_classes:
-    raise ConfigError(f"forget classes {forget} must be distinct classes in [0, {num_classes}) that leave "
-                      "at least one retained class; fix --config.forget.classes")
-  needs_data = cfg.selection == "best_retain_test" or int(cfg.eval_every) > 0
-  if needs_data and (getattr(ctx.data, "retain_test", None) is None):
-    raise ConfigError("config.ispf.selection='best_retain_test' / eval_every need the test split, which "
-                      "this context lacks; use --config.ispf.selection=final --config.ispf.eval_every=0")
-  h, w, c = tuple(info.image_shape)
-  if h != w or h % 4:
-    raise ConfigError(f"the generator makes square images with side divisible by 4, got {info.image_shape};"
-                      " use a dataset with such images")
-  student_model = _student_model(ctx, cfg)
-  generator = create_generator(cfg.generator, h, c, nz=int(cfg.nz), ngf=int(cfg.ngf))
-  engine = make_engine(ctx.model, student_model, generator, cfg, num_classes=num_classes,
-                       mean=info.mean, std=info.std)
-  knobs = make_knobs(strategy, cfg, forget_classes=forget, num_classes=num_classes)
-  key_init, key_vis = jax.random.split(ctx.key)
-  state = init_state(engine, knobs, key_init, lr_g=cfg.lr_g, momentum=cfg.momentum,
-                     weight_decay=cfg.weight_decay)
-  teacher = {k: v for k, v in ctx.original.items() if k in ("params", "batch_stats")}
-  os.makedirs(ctx.workdir, exist_ok=True)
-  diag_path = os.path.join(ctx.workdir, "diagnostics.jsonl")
-  total_epochs = int(cfg.warmup) + int(cfg.epochs)
-
-  ckptr = best = None
-  best_acc = -1.0
-  records: list[dict] = []
-  if int(cfg.checkpoint_every) > 0:
-    from jax_unlearn.train.checkpoint import Checkpointer  # noqa: PLC0415
-    ckptr = Checkpointer(os.path.join(ctx.workdir, "distill_ckpt"))
-    if ckptr.latest_step() is not None:
-      # The config stays the source of truth for strategy and hyper-parameters.
-      state = ckptr.restore(state).replace(knobs=knobs)
-      ctx.log(f"[{strategy.name}] resumed at epoch {int(state.epoch)}")
-  start = int(state.epoch)
-  if os.path.exists(diag_path) and start > 0:
-    with open(diag_path) as fh:
-      records = [r for r in map(json.loads, fh) if r["epoch"] <= start]
-  if cfg.selection == "best_retain_test" and start > 0:
-    ctx.log(f"[{strategy.name}] note: best_retain_test selection restarts from the resumed epoch")
-
-  with open(diag_path, "w") as fh:
-    fh.writelines(json.dumps(r) + "\n" for r in records)
-  t_run = time.time()
-  for epoch in range(start, total_epochs):
-    t0 = time.time()
-    state = run_epoch(engine, teacher, state)
-    rec = epoch_diagnostics(engine, state)
-    rec["time_s"] = time.time() - t0
-    if not (math.isfinite(rec["gen_loss"] or 0.0) and math.isfinite(rec["student_loss"] or 0.0)
-            and _finite(state.s_params) and _finite(state.g_params)):
-      saved = (ckptr.latest_step() if ckptr is not None else None) or 0
-      kept = (f"the last good checkpoint (epoch {saved}) is kept in {ckptr.directory}" if saved
-              else "no checkpoint was written yet")
-      raise NumericalError(f"[{strategy.name}] a loss or parameter became NaN/inf in epoch {epoch + 1} "
-                           f"of {total_epochs} (distillation loop); {kept}: lower --config.ispf.lr or "
-                           "--config.ispf.lr_g and run the same command again")
-    distilled = epoch >= int(cfg.warmup) and not bool(state.last_skipped)
-    evaluate = (int(cfg.eval_every) > 0 and distilled and (epoch + 1) % int(cfg.eval_every) == 0)
-    if cfg.selection == "best_retain_test" and distilled:
-      evaluate = True
-    if evaluate:
-      rec.update(_evaluate(ctx, student_model, jax.device_get(student_variables(state))))
-      # The reference selects on retain accuracy, and on overall accuracy for its 'None' strategy.
-      sel = rec["test_acc"] if strategy.clear_forget_in_generator else rec["retain_test_acc"]
-      if cfg.selection == "best_retain_test" and sel > best_acc:
-        best_acc, best = sel, jax.device_get(student_variables(state))
-    records.append(rec)
-    with open(diag_path, "a") as fh:
-      fh.write(json.dumps(rec) + "\n")
-    ctx.log(_progress(strategy.name, rec, total_epochs))
-    if ckptr is not None and ((epoch + 1) % int(cfg.checkpoint_every) == 0 or epoch + 1 == total_epochs):
-      ckptr.save(epoch + 1, state)
-  if ckptr is not None:
-    ckptr.close()
-
-  variables = jax.device_get(student_variables(state))
-  if cfg.selection == "best_retain_test" and best is not None:
-    variables = best
-  if cfg.plots and records:
-    from jax_unlearn.report import distill_plots  # noqa: PLC0415 (matplotlib only when plotting)
-    distill_plots.plot_diagnostics({strategy.name: records}, os.path.join(ctx.workdir, "distill_curves.png"),
-                                   forget_classes=forget)
-    distill_plots.save_sample_grid(np.asarray(sample_images(engine, state, key_vis, 64)),
-                                   os.path.join(ctx.workdir, "synthetic_samples.png"))
-  return base.UnlearnResult(variables=variables,
-                            info=_summary(strategy, records, time.time() - t_run, cfg, best_acc))
-
-
-def _progress(name, rec, total):
-  parts = [f"[{name}] epoch {rec['epoch']}/{total} ({rec['phase']})",
-           f"gen {rec['gen_loss']:.3f}" if rec["gen_loss"] is not None else "",
-           f"forget-synth {100 * rec['forget_synthesis_rate']:.1f}%"]
-  if rec["student_loss"] is not None:
-    parts += [f"student {rec['student_loss']:.4f}", f"kept {rec['kept_mean']:.1f}",
-              f"H_R {rec['retain_entropy']:.1f}"]
-  if "retain_test_acc" in rec:
-    parts += [f"retain {rec['retain_test_acc']:.1f}%", f"forget {rec['forget_test_acc']:.1f}%"]
-  parts.append(f"({rec['time_s']:.1f}s)")
-  return " ".join(p for p in parts if p)
-
-
-def _summary(strategy, records, elapsed, cfg, best_acc) -> dict:
-  dist = [r for r in records if r["phase"] == "distill" and r["student_steps"] > 0]
-  mean = lambda rs, k: float(np.mean([r[k] for r in rs])) if rs else None  # noqa: E731
-  out = {
-      "strategy": dataclasses.asdict(strategy),
-      "epochs_run": len(records),
-      # over the distillation epochs, as the reference logs generated labels only after warm-up
-      "mean_forget_synthesis_rate": mean(dist, "forget_synthesis_rate"),
-      "final_forget_synthesis_rate": records[-1]["forget_synthesis_rate"] if records else None,
-      "mean_kept": mean(dist, "kept_mean"),
-      "mean_kept_fraction": mean(dist, "kept_fraction"),
-      "mean_retain_entropy": mean(dist, "retain_entropy"),
-      "mean_teacher_forget_prob": mean(dist, "teacher_forget_prob"),
-      "mean_student_forget_prob": mean(dist, "student_forget_prob"),
-      "student_steps": int(sum(r["student_steps"] for r in records)),
-      "skipped_loops": int(sum(r["skipped_loops"] for r in records)),
-      "selection": cfg.selection,
-      "elapsed_s": elapsed,
-  }
-  if cfg.selection == "best_retain_test":
-    out["best_retain_test_acc"] = best_acc  # of `selection_metric`
-    out["selection_metric"] = "test_acc" if strategy.clear_forget_in_generator else "retain_test_acc"
-  return out

@@ -9,7 +9,7 @@ this is the reconstruction of SPEC §5.2, with the two errors of the paper's tex
 μ_p := θ_o (the trained weights). σ_p is learned by BGD (`jax_unlearn.optim.bgd`) on the pretraining loss
 (cross-entropy) over the training data, with μ frozen (`prep_mean_eta = 0`: "our preparation step should
 have no effect on model performance at inference time"), K Monte-Carlo samples per minibatch,
-`prep_epochs` epochs. `ensure_prepared` stores the posterior (flax msgpack) and reuses it.
+`prep_epochs` epochs. `ensure_prepared` (`methods._posterior`) stores the posterior with orbax, fingerprinted, and reuses it.
 
 **Forgetting** (§3.2). Starting from q = p, minimise (1 − λ) E_{θ∼q} E_{D_f}[U] + λ KL(q‖p) touching only
 the forget set. BGD supplies the data term's E[g] = ∂E_q[U_sum]/∂μ and E[gε] = ∂E_q[U_sum]/∂σ; the KL
@@ -60,34 +60,35 @@ Unknowns of the paper (SPEC §5.2), and our choices: U ('entropy'), λ and the n
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
-import os
-import shutil
 import time
-import zlib
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from jax_unlearn.data.normalize import normalize
-from jax_unlearn.errors import CheckpointError, ConfigError, DataError, NumericalError
-from jax_unlearn.io import atomic_write_json, read_json_list
+from jax_unlearn.errors import ConfigError, DataError, NumericalError
 from jax_unlearn.methods import base
-from jax_unlearn.optim.bgd import BGDState, bgd, bgd_expectations
-from jax_unlearn.train.checkpoint import key_data, wrap_key
+from jax_unlearn.methods._distruction_ops import (UNLEARNING_OBJECTIVES, forget_chunk, forget_step,
+                                                  kl_diag_gaussians, kl_grads, make_teacher)
+from jax_unlearn.methods._posterior import (PREP_FIELDS, ensure_prepared, epoch_order, load_posterior,
+                                            posterior_dir, prepare, save_posterior)
+from jax_unlearn.methods._selection import selection_key as _selection_key
+from jax_unlearn.optim.bgd import BGDState
+from jax_unlearn.train import fingerprint
+from jax_unlearn.train.evaluate import accuracy
+from jax_unlearn.train.loop import run_chunks
+
+__all__ = ["OBJECTIVES", "default_config", "validate_config", "lam_values", "kl_diag_gaussians",
+           "kl_grads", "UNLEARNING_OBJECTIVES", "ForgetBatches", "forget_step", "forget", "chunk_ends",
+           "selection_key", "finite_mask", "take", "unlearned_variables", "Validator", "lambda_sweep",
+           "run", "prepare", "ensure_prepared", "save_posterior", "load_posterior", "posterior_dir",
+           "PREP_FIELDS"]
 
 OBJECTIVES = ("entropy", "entropy_other", "neggrad", "bad_teacher", "random_label")
 BN_MODES = ("eval", "train")
-# Preparation fields that determine the stored posterior (a change re-runs the preparation).
-_PREP_FIELDS = ("std_init", "prep_mean_eta", "mc_iters", "prep_epochs", "prep_batch_size",
-                "prep_bn_mode", "prep_seed_offset")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -152,7 +153,7 @@ def lam_values(x) -> list[float]:
   return out
 
 
-def validate_config(cfg) -> None:
+def validate_config(cfg, problem: base.Problem | None = None) -> None:
   """Raises ConfigError naming the field and the fix."""
   def check(cond, msg):
     if not cond:
@@ -184,293 +185,8 @@ def validate_config(cfg) -> None:
   check(cfg.vectorize in ("vmap", "scan"), "--config.distruction.vectorize must be 'vmap' or 'scan'")
 
 
-# ---------------------------------------------------------------------------------------------------
-# KL between diagonal Gaussians (SPEC §5.2)
-
-def kl_diag_gaussians(mu_q, sigma_q, mu_p, sigma_p) -> jax.Array:
-  """KL(q‖p) = ½ Σ_i [(μ_p−μ_q)²/σ_p² + σ_q²/σ_p² − 1 + log(σ_p²/σ_q²)], summed over every leaf.
-
-  Evaluated as ½ Σ [((μ_p−μ_q)/σ_p)² + u(2+u) − 2 log1p(u)] with u = σ_q/σ_p − 1: the same value, but
-  when q is near p (early forgetting iterations, small λ) the naive form subtracts two logs of
-  ~−4 and its float32 rounding dominates (it even went negative, −0.006 for one BGD step on the
-  README's model); this form keeps full relative precision (tested against float64)."""
-  def leaf(mq, sq, mp, sp):
-    u = (sq - sp) / sp
-    return 0.5 * jnp.sum(jnp.square((mp - mq) / sp) + u * (2.0 + u) - 2.0 * jnp.log1p(u))
-  terms = jax.tree.leaves(jax.tree.map(leaf, mu_q, sigma_q, mu_p, sigma_p))
-  return sum(terms, jnp.zeros((), jnp.float32))
-
-
-def kl_grads(mu_q, sigma_q, mu_p, sigma_p):
-  """(∂KL/∂μ_q, ∂KL/∂σ_q) = ((μ_q−μ_p)/σ_p², σ_q/σ_p² − 1/σ_q): SPEC §5.2 with the sign of the
-  mean gradient corrected (the paper prints (μ_p−μ_q)/σ_p², which would push q *away* from p)."""
-  d_mu = jax.tree.map(lambda mq, mp, sp: (mq - mp) / jnp.square(sp), mu_q, mu_p, sigma_p)
-  d_sigma = jax.tree.map(lambda sq, sp: sq / jnp.square(sp) - 1.0 / sq, sigma_q, sigma_p)
-  return d_mu, d_sigma
-
-
-# ---------------------------------------------------------------------------------------------------
-# Unlearning objectives U (per-sample values; minimised)
-
-def _entropy_objective(logits, labels, target):
-  del labels, target
-  logp = jax.nn.log_softmax(logits)
-  return jnp.sum(jnp.exp(logp) * logp, axis=-1)          # −H(softmax)
-
-
-def _entropy_other_objective(logits, labels, target):
-  """KL(u_{≠y} ‖ softmax f(x)) with u_{≠y} the uniform distribution over the K−1 classes other than y.
-
-  Maximum entropy *among the other classes* with the label's probability driven to 0: its minimiser
-  (value 0) is p_y = 0 and p_k = 1/(K−1) for k ≠ y. Pure −H ('entropy') is minimised by the uniform
-  distribution over all K classes, where the argmax is a tie that the label usually still wins
-  (BUILD_NOTES: on digits H reaches 2.29 of log 10 = 2.30 while forget accuracy wanders 30–100 %).
-  This is also the expectation of 'random_label' over its random other labels."""
-  del target
-  num_classes = logits.shape[-1]
-  others = 1.0 - jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-  logp = jax.nn.log_softmax(logits)
-  return -jnp.sum(others * logp, axis=-1) / (num_classes - 1) - jnp.log(num_classes - 1.0)
-
-
-def _neggrad_objective(logits, labels, target):
-  del target
-  return -optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def _bad_teacher_objective(logits, labels, target):
-  del labels                                              # target: the random teacher's probabilities
-  return optax.losses.kl_divergence(jax.nn.log_softmax(logits), target)
-
-
-def _random_label_objective(logits, labels, target):
-  del labels                                              # target: random other labels
-  return optax.losses.softmax_cross_entropy_with_integer_labels(logits, target)
-
-
-UNLEARNING_OBJECTIVES: dict[str, Callable] = {
-    "entropy": _entropy_objective, "entropy_other": _entropy_other_objective,
-    "neggrad": _neggrad_objective,
-    "bad_teacher": _bad_teacher_objective, "random_label": _random_label_objective}
-
-
 def _variables(params, batch_stats):
   return {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
-
-
-def _forward(apply_fn, params, batch_stats, x, bn_mode):
-  """Logits and the batch statistics to keep (unchanged in 'eval' mode or for BN-free models)."""
-  if bn_mode == "train" and batch_stats is not None:
-    logits, upd = apply_fn(_variables(params, batch_stats), x, train=True, mutable=["batch_stats"])
-    return logits, upd["batch_stats"]
-  return apply_fn(_variables(params, batch_stats), x, train=False), batch_stats
-
-
-# ---------------------------------------------------------------------------------------------------
-# Preparation: learn σ_p with BGD on the training data (SPEC §5.2)
-
-@functools.partial(jax.jit, static_argnames=("apply_fn", "tx", "num_samples", "bn_mode", "vectorize"))
-def prepare_step(state: BGDState, batch_stats, key, images, labels, mean, std, *, apply_fn, tx,
-                 num_samples, bn_mode, vectorize):
-  """One BGD step of the preparation on the pretraining loss (batch-mean CE, summed-gradient scale).
-
-  In 'train' BN mode the forward uses batch statistics, but the returned running statistics are the
-  unchanged original ones: the preparation must not change the deployed model."""
-  x = normalize(images, mean, std)
-
-  def loss_fn(params):
-    logits, _ = _forward(apply_fn, params, batch_stats, x, bn_mode)
-    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-  ex = bgd_expectations(loss_fn, state, key, num_samples, batch_size=labels.shape[0],
-                        vectorize=vectorize)
-  _, state = tx.update(ex.e_grad, state, None, e_grad_eps=ex.e_grad_eps)
-  return state, ex.loss
-
-
-@functools.lru_cache(maxsize=32)
-def _bgd_tx(mean_eta: float, std_init: float):
-  """One `bgd` transform per setting: it is a static argument of jitted steps, so reusing the object
-  lets repeated preparations/forgetting runs hit the jit cache."""
-  return bgd(mean_eta=mean_eta, std_init=std_init)
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def prepare(apply_fn, variables, train_split, info, cfg, key, seed: int = 0,
-            log: Callable[[str], None] = print, ckpt_dir: str | None = None):
-  """Learns p = N(μ_p, σ_p²) on `train_split` (SPEC §5.2 Preparation). Returns (posterior, history).
-
-  With `cfg.prep_mean_eta == 0` the returned mean *is* `variables['params']` (bit-for-bit).
-  With `ckpt_dir`, the BGD state, the epoch and the PRNG key are saved with orbax every
-  `cfg.prep_checkpoint_every` epochs; a run started again resumes there and ends with exactly the
-  posterior of an uninterrupted run (shuffles are a function of (seed, epoch), MC keys of the step)."""
-  validate_config(cfg)
-  images = np.asarray(train_split.images, np.float32)
-  labels = np.asarray(train_split.labels, np.int32)
-  n = len(labels)
-  if n == 0:
-    raise DataError("DiStruction preparation needs training data, got an empty split; prepare the "
-                    "posterior before discarding the data (distruction.ensure_prepared)")
-  bs = min(int(cfg.prep_batch_size), n)
-  tx = _bgd_tx(float(cfg.prep_mean_eta), float(cfg.std_init))
-  batch_stats = variables.get("batch_stats")
-  mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
-  step_fn = functools.partial(prepare_step, apply_fn=apply_fn, tx=tx, num_samples=int(cfg.mc_iters),
-                              bn_mode=cfg.prep_bn_mode, vectorize=cfg.vectorize)
-  seed = int(seed) + int(cfg.prep_seed_offset)
-  epochs, every = int(cfg.prep_epochs), int(cfg.prep_checkpoint_every)
-  ck = {"state": tx.init(variables["params"]), "epoch": jnp.asarray(0, jnp.int32),
-        "key": key_data(key)}
-  history, ckptr, hist_path = [], None, None
-  if ckpt_dir and every > 0 and epochs > 0:
-    from jax_unlearn.train.checkpoint import Checkpointer  # noqa: PLC0415
-    ckptr = Checkpointer(ckpt_dir)
-    hist_path = os.path.join(ckptr.directory, "history.json")
-    if ckptr.latest_step() is not None:
-      ck = ckptr.restore(ck)
-      history = [h for h in read_json_list(hist_path) if h["epoch"] < int(ck["epoch"])]
-      log(f"[distruction] resumed the preparation at epoch {int(ck['epoch'])}/{epochs} from "
-          f"{ckptr.directory}")
-  state, key = ck["state"], wrap_key(ck["key"], key)
-  steps_per_epoch = n // bs
-  t0 = time.time()
-  for epoch in range(int(ck["epoch"]), epochs):
-    order, losses = _epoch_order(n, seed, epoch), []
-    for i in range(steps_per_epoch):
-      idx = order[i * bs:(i + 1) * bs]
-      step = epoch * steps_per_epoch + i
-      state, loss = step_fn(state, batch_stats, jax.random.fold_in(key, step), images[idx],
-                            labels[idx], mean, std)
-      losses.append(loss)
-    sig = jnp.concatenate([s.ravel() for s in jax.tree.leaves(state.std)])
-    rec = {"epoch": epoch, "loss": float(np.mean(jax.device_get(losses))),
-           "std_mean": float(sig.mean()), "std_min": float(sig.min()), "std_max": float(sig.max())}
-    if not (np.isfinite(rec["loss"]) and all(bool(jnp.isfinite(s).all())
-                                             for s in jax.tree.leaves(state))):
-      done = int(ck["epoch"])
-      kept = (f"the last good checkpoint (epoch {done}) is kept in {ckptr.directory}"
-              if ckptr is not None and done else "no checkpoint was written yet")
-      raise NumericalError(
-          f"DiStruction preparation: E_q[CE] or sigma became NaN/inf in epoch {epoch + 1} (steps "
-          f"{epoch * steps_per_epoch + 1}-{(epoch + 1) * steps_per_epoch}); {kept}: lower "
-          "--config.distruction.std_init or prep_mean_eta and run again")
-    history.append(rec)
-    log(f"[distruction] prepare epoch {epoch + 1}/{epochs}: E_q[CE] {rec['loss']:.4f}, "
-        f"sigma mean {rec['std_mean']:.4g} (min {rec['std_min']:.3g}, max {rec['std_max']:.3g}), "
-        f"{time.time() - t0:.1f}s")
-    if ckptr is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
-      ck = {"state": state, "epoch": jnp.asarray(epoch + 1, jnp.int32), "key": ck["key"]}
-      # History first, then the state: a resume drops entries past the restored epoch.
-      atomic_write_json(hist_path, history)
-      ckptr.save(epoch + 1, ck)
-  if ckptr is not None:
-    ckptr.close()
-  if float(cfg.prep_mean_eta) == 0:
-    state = BGDState(mean=variables["params"], std=state.std)  # the very same arrays: μ_p = θ_o
-  return state, history
-
-
-def params_fingerprint(params) -> str:
-  """sha1 of every parameter's bytes (with its path): identifies the original a posterior belongs to."""
-  h = hashlib.sha1()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    a = np.asarray(leaf)
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(str(a.dtype).encode() + str(a.shape).encode())
-    h.update(np.ascontiguousarray(a).tobytes())
-  return h.hexdigest()
-
-
-def _prep_meta(cfg, seed: int, params) -> dict:
-  """What a stored posterior must match to be reused (JSON round-tripped, so it compares equal)."""
-  return json.loads(json.dumps({"prep": {f: cfg[f] for f in _PREP_FIELDS}, "seed": int(seed),
-                                "original": params_fingerprint(params)}))
-
-
-def save_posterior(path: str, state: BGDState, meta: dict | None = None) -> None:
-  """Writes the posterior (mean and std pytrees) and a JSON `meta` as flax msgpack, atomically."""
-  path = os.path.abspath(path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  blob = flax.serialization.msgpack_serialize({
-      "mean": jax.device_get(state.mean), "std": jax.device_get(state.std),
-      "meta": json.dumps(meta or {})})
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(blob)
-  os.replace(tmp, path)
-
-
-def load_posterior(path: str, target_params=None) -> tuple[BGDState, dict]:
-  """Reads a posterior written by `save_posterior`. Returns (BGDState, meta).
-
-  With `target_params`, the trees are restored into that structure (and checked against it)."""
-  try:
-    with open(path, "rb") as f:
-      raw = flax.serialization.msgpack_restore(f.read())
-    meta = json.loads(raw.get("meta", "{}"))
-    mean, std = raw["mean"], raw["std"]
-    if target_params is not None:
-      mean = flax.serialization.from_state_dict(target_params, mean)
-      std = flax.serialization.from_state_dict(target_params, std)
-      for a, b in zip(jax.tree.leaves(target_params), jax.tree.leaves(std)):
-        if np.shape(a) != np.shape(b):
-          raise ValueError(f"shape {np.shape(b)} != {np.shape(a)}")
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f"DiStruction posterior {path} could not be read ({type(e).__name__}: "
-                          f"{str(e)[:160]}); delete it to run the preparation again") from e
-  to_jnp = lambda t: jax.tree.map(jnp.asarray, t)  # noqa: E731
-  return BGDState(mean=to_jnp(mean), std=to_jnp(std)), meta
-
-
-def default_posterior_path(workdir: str, cfg=None, seed: int = 0) -> str:
-  """Beside the original checkpoint: W/original/seed<s>/distruction_posterior_<hash>.msgpack for an api
-  run dir W/runs/<tag>_seed<s>/distruction (the layout of `jax_unlearn.api`), else
-  <workdir>/distruction_posterior_<hash>.msgpack; <hash> identifies the preparation settings."""
-  tag = ""
-  if cfg is not None:
-    tag = "_%08x" % (zlib.crc32(json.dumps({f: str(cfg[f]) for f in _PREP_FIELDS}).encode()))
-  workdir = os.path.abspath(workdir)
-  runs = os.path.dirname(os.path.dirname(workdir))
-  if os.path.basename(runs) == "runs":
-    return os.path.join(os.path.dirname(runs), "original", f"seed{int(seed)}",
-                        f"distruction_posterior{tag}.msgpack")
-  return os.path.join(workdir, f"distruction_posterior{tag}.msgpack")
-
-
-def _prep_key(seed: int):
-  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(b"distruction/prepare") & 0x7FFFFFFF)
-
-
-def ensure_prepared(ctx, path: str | None = None) -> BGDState:
-  """The prepared posterior p for `ctx.original`: loaded from `path` if it was made for this original
-  model with these preparation settings, otherwise prepared on `ctx.data.train` and saved there.
-
-  `ctx` needs `config` (with `config.distruction` and `config.seed`), `model`, `original`, `data`
-  (`.train` and `.info`; read only when preparing) and optionally `log`, `workdir`."""
-  cfg = ctx.config.distruction
-  seed = int(ctx.config.get("seed", 0))
-  log = getattr(ctx, "log", print)
-  path = path or cfg.posterior_path or default_posterior_path(ctx.workdir, cfg, seed)
-  params = ctx.original["params"]
-  meta = _prep_meta(cfg, seed, params)
-  if os.path.exists(path):
-    post, stored = load_posterior(path, params)
-    if all(stored.get(k) == v for k, v in meta.items()):
-      log(f"[distruction] loaded prepared posterior {path}")
-      return post
-    log(f"[distruction] stored posterior {path} belongs to another original/preparation; re-preparing")
-  # Periodic checkpoints beside the posterior, named for the original they belong to; once the
-  # posterior is written they are superseded and removed.
-  ckpt_dir = f"{os.path.splitext(os.path.abspath(path))[0]}_ckpt_{meta['original'][:10]}"
-  post, hist = prepare(ctx.model.apply, ctx.original, ctx.data.train, ctx.data.info, cfg,
-                       _prep_key(seed), seed, log, ckpt_dir=ckpt_dir)
-  save_posterior(path, post, {**meta, "history": hist})
-  shutil.rmtree(ckpt_dir, ignore_errors=True)
-  log(f"[distruction] saved prepared posterior {path}")
-  return post
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -520,128 +236,30 @@ class ForgetBatches:
   def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
     """Batch `step` (deterministic: pass `step // batches_per_epoch` reshuffles the forget set)."""
     epoch, i = divmod(int(step), self.batches_per_epoch)
-    idx = _epoch_order(len(self.labels), self.seed, epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+    idx = epoch_order(len(self.labels), self.seed, epoch)[i * self.batch_size:(i + 1) * self.batch_size]
     images, labels = self.images[idx], self.labels[idx]
     self.check(images, labels)
     return images, labels
 
 
-def _make_teacher(model, key, image_shape):
-  """A randomly initialised network of `model`'s architecture: the 'bad_teacher' objective's target."""
-  from jax_unlearn import models  # noqa: PLC0415
-  return models.init_variables(model, key, (1,) + tuple(image_shape))
-
-
-def _objective_target(objective, apply_fn, teacher, key, x, labels, num_classes):
-  if objective == "bad_teacher":
-    return jax.nn.softmax(apply_fn(teacher, x, train=False))
-  if objective == "random_label":
-    return (labels + jax.random.randint(key, labels.shape, 1, num_classes)) % num_classes
-  return labels
-
-
-def forget_step(q: BGDState, batch_stats, p: BGDState, key, images, labels, lam, teacher, mean,
-                std, *, apply_fn, tx, objective, num_samples, bn_mode, vectorize, num_classes,
-                max_std_ratio=0.0):
-  """One DiStruction iteration (SPEC §5.2): BGD on (1−λ)E_q[U_sum] plus the analytic λ KL(q‖p).
-
-  `max_std_ratio` > 0 caps σ_q at that multiple of σ_p after the step (a stability guard, not in the
-  paper: for a concave U such as NegGrad, E[gε] < 0 grows σ_q without bound, and the KL pull on the
-  mean, η λ σ_q²/σ_p², then overshoots and diverges once it exceeds 2).
-
-  Returns (q, batch_stats, metrics) with metrics {'objective': E_q[U] (batch mean), 'kl': KL after
-  the step, 'batch_acc': accuracy of μ_q on this forget batch before the step, 'std_ratio_mean' and
-  'std_ratio_max' of σ_q/σ_p}."""
-  x = normalize(images, mean, std)
-  k_mc, k_target = jax.random.split(key)
-  target = _objective_target(objective, apply_fn, teacher, k_target, x, labels, num_classes)
-  u_fn = UNLEARNING_OBJECTIVES[objective]
-
-  def loss_fn(params):
-    logits, new_bs = _forward(apply_fn, params, batch_stats, x, bn_mode)
-    return u_fn(logits, labels, target).mean(), new_bs
-
-  ex = bgd_expectations(loss_fn, q, k_mc, num_samples, batch_size=labels.shape[0], has_aux=True,
-                        vectorize=vectorize)
-  d_mu, d_sigma = kl_grads(q.mean, q.std, p.mean, p.std)
-  e_grad = jax.tree.map(lambda g, k: (1.0 - lam) * g + lam * k, ex.e_grad, d_mu)
-  e_grad_eps = jax.tree.map(lambda g, k: (1.0 - lam) * g + lam * k, ex.e_grad_eps, d_sigma)
-  mu_logits = apply_fn(_variables(q.mean, batch_stats), x, train=False)
-  _, q = tx.update(e_grad, q, None, e_grad_eps=e_grad_eps)
-  if max_std_ratio:
-    q = q._replace(std=jax.tree.map(lambda s, sp: jnp.minimum(s, max_std_ratio * sp), q.std, p.std))
-  ratio = jnp.concatenate([jnp.ravel(s / sp) for s, sp in zip(jax.tree.leaves(q.std),
-                                                               jax.tree.leaves(p.std))])
-  metrics = {"objective": ex.loss, "kl": kl_diag_gaussians(q.mean, q.std, p.mean, p.std),
-             "batch_acc": 100.0 * jnp.mean(mu_logits.argmax(-1) == labels),
-             "std_ratio_mean": ratio.mean(), "std_ratio_max": ratio.max()}
-  return q, ex.aux, metrics
-
-
-@functools.lru_cache(maxsize=32)
-def _forget_chunk(apply_fn, mean_eta, std_init, objective, num_samples, bn_mode, vectorize, num_classes,
-                  max_std_ratio, matmul):
-  """jit(`lax.scan` over a chunk of forgetting steps of vmap-over-λ `forget_step`), built once per
-  static setting so that repeated `forget` calls (a λ sweep, every U, tests) reuse one compiled program.
-
-  Signature: (q, batch_stats, p, key, t0, images [C, B, ...], labels [C, B], lams, teacher, mean, std)
-  -> (q, batch_stats, metrics with leaves [C, L]). Step t0 + i uses `fold_in(key, t0 + i)`.
-  `matmul` routes every conv through `models.conv.matmul_conv_general_dilated` (im2col GEMMs): under
-  the λ and Monte-Carlo vmaps each conv has a batched kernel, which XLA:CPU otherwise runs as a slow
-  grouped convolution, and a conv gradient inside `lax.scan` hits jax-ml/jax#12868."""
-  from jax_unlearn.models.conv import matmul_convs  # noqa: PLC0415
-  import flax.linen as nn  # noqa: PLC0415
-  tx = _bgd_tx(mean_eta, std_init)
-  step = jax.vmap(
-      functools.partial(forget_step, apply_fn=apply_fn, tx=tx, objective=objective,
-                        num_samples=num_samples, bn_mode=bn_mode, vectorize=vectorize,
-                        num_classes=num_classes, max_std_ratio=max_std_ratio),
-      in_axes=(0, 0, None, None, None, None, 0, None, None, None))
-
-  def chunk(q, batch_stats, p, key, t0, images, labels, lams, teacher, mean, std):
-    def body(carry, xs):
-      q, bs = carry
-      t, x, y = xs
-      q, bs, m = step(q, bs, p, jax.random.fold_in(key, t), x, y, lams, teacher, mean, std)
-      return (q, bs), m
-
-    ts = t0 + jnp.arange(labels.shape[0])
-    if matmul:
-      with nn.intercept_methods(matmul_convs):
-        (q, batch_stats), m = jax.lax.scan(body, (q, batch_stats), (ts, images, labels))
-    else:
-      (q, batch_stats), m = jax.lax.scan(body, (q, batch_stats), (ts, images, labels))
-    return q, batch_stats, m
-
-  return jax.jit(chunk)
-
-
 _HIST_KEYS = ("objective", "batch_acc", "std_ratio_mean", "std_ratio_max")
-# Forgetting fields that change the result: part of the checkpoint directory's name.
+# Forgetting fields that change the result: part of the checkpoint's fingerprint.
 _FORGET_FIELDS = ("mean_eta", "std_init", "objective", "mc_iters", "bn_mode", "vectorize",
                   "max_std_ratio", "forget_steps", "forget_batch_size", "forget_seed_offset",
                   "checkpoint_every", "matmul_convs", "select_every", "sweep_max_forget_acc")
+# Version of the forgetting checkpoint's state layout (part of its fingerprint).
+_FORGET_CKPT_LAYOUT = 3
 
 
-# Version of the forgetting checkpoint's state layout: a change starts a new directory instead of
-# failing to restore an old one (2: iteration selection, without stored best accuracies).
-_FORGET_CKPT_LAYOUT = 2
-
-
-def _forget_ckpt_dir(ckpt_root: str, cfg, lams, key, posterior: BGDState, source,
-                     evaluate=None) -> str:
-  """`ckpt_root/forget_<hash>`: the hash covers every input of the forgetting run (settings, λs, key,
-  posterior, forget set, and the validation data of an iteration selection), so a changed config
-  never resumes from another run's state."""
-  h = hashlib.sha1(json.dumps({f: str(cfg[f]) for f in _FORGET_FIELDS}).encode())
-  h.update(f"layout{_FORGET_CKPT_LAYOUT}".encode())
-  h.update(np.asarray(lams, np.float32).tobytes())
-  h.update(np.asarray(key_data(key)).tobytes())
-  h.update(params_fingerprint(posterior.std).encode() + params_fingerprint(posterior.mean).encode())
-  h.update(b"".join(sorted(source._fingerprints)))
-  if evaluate is not None:
-    h.update(getattr(evaluate, "fingerprint", b"select"))
-  return os.path.join(ckpt_root, f"forget_{h.hexdigest()[:12]}")
+def _forget_description(cfg, lams, key, posterior: BGDState, source, evaluate=None) -> dict:
+  """What a forgetting run depends on: settings, λs, key, posterior, forget set, and the validation
+  data of an iteration selection; a changed input never resumes another run's state."""
+  return fingerprint.describe(
+      kind="distruction_forget", version=_FORGET_CKPT_LAYOUT, cfg={f: cfg[f] for f in _FORGET_FIELDS},
+      lams=[float(x) for x in np.asarray(lams)], key=fingerprint.array_digest(key),
+      posterior=fingerprint.tree_digest({"mean": posterior.mean, "std": posterior.std}),
+      forget=hashlib.sha1(b"".join(sorted(source._fingerprints))).hexdigest(),  # noqa: SLF001
+      select=None if evaluate is None else getattr(evaluate, "fingerprint", b"select").hex())
 
 
 def chunk_ends(steps: int, every: int, select_every: int = 0) -> list[int]:
@@ -655,25 +273,10 @@ def chunk_ends(steps: int, every: int, select_every: int = 0) -> list[int]:
 
 def selection_key(acc_forget: float, acc_retain: float, lam: float, step: int,
                   max_forget_acc: float, closest: tuple[float, float] | None = None) -> tuple:
-  """Sort key of one (λ, iteration) candidate measured on validation data; the smallest key wins.
-
-  Class forgetting (`closest=None`): candidates with forget-val accuracy <= `max_forget_acc` come
-  first, by best retain-val accuracy, then lower forget-val accuracy, smaller λ, fewer iterations; if
-  none qualifies, the lowest forget-val accuracy wins.
-  Sub-class and random forgetting (`closest=(target, retain_ref)`, the 'closest' rule of
-  `ssd.select_alpha`): Retrain still classifies such forget data about as well as unseen data, so
-  the smallest |forget acc − target| + (retain_ref − retain-val acc) wins (target = retain_ref = the
-  original's retain-val accuracy); driving the forget accuracy to 0 would overshoot Retrain.
-  A diverged (NaN) candidate is never chosen over a finite one."""
-  f, r = float(acc_forget), float(acc_retain)
-  if not (np.isfinite(f) and np.isfinite(r)):
-    return (2, 0.0, 0.0, float(lam), int(step))
-  if closest is not None:
-    target, retain_ref = (float(x) for x in closest)
-    return (0, abs(f - target) + (retain_ref - r), f, float(lam), int(step))
-  if f <= float(max_forget_acc):
-    return (0, -r, f, float(lam), int(step))
-  return (1, f, -r, float(lam), int(step))
+  """Sort key of one (λ, iteration) candidate measured on validation data; the smallest key wins
+  (`methods._selection.selection_key`, the rule SSD's alpha selection uses too; ties: smaller λ,
+  fewer iterations)."""
+  return _selection_key(acc_forget, acc_retain, max_forget_acc, closest, tiebreak=(float(lam), int(step)))
 
 
 def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info, cfg, key,
@@ -683,11 +286,12 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   """Runs `cfg.forget_steps` DiStruction iterations from q = p for every λ in `lams` at once (vmap).
 
   The iterations run as `lax.scan`ned chunks of `cfg.checkpoint_every` steps (0: one scan over all
-  steps), split further at every validation step (`chunk_ends`); the forget batches of a chunk are
-  drawn from `source` (checked there) and stacked first. With `ckpt_dir`, the state every
-  `checkpoint_every` steps and at the end (q, BN statistics, step, histories, the selection and the
-  PRNG key) is saved with orbax under `ckpt_dir/forget_<hash>`, and a run started again with the same
-  inputs resumes from it and ends with exactly the result of an uninterrupted run.
+  steps), split further at every validation step (`chunk_ends`), through the resumable loop
+  (`train.loop.run_chunks`); the forget batches of a chunk are drawn from `source` (checked there) and
+  stacked first. With `ckpt_dir`, the state every `checkpoint_every` steps and at the end (q, BN
+  statistics, histories, the selection) is saved with orbax under `ckpt_dir/forget-<fingerprint>`, and
+  a run started again with the same inputs resumes from it and ends with exactly the result of an
+  uninterrupted run.
 
   `source` is the only data the iterations see: a `ForgetBatches` over the forget set (an explicit
   argument so that no retain data can reach this loop).
@@ -706,7 +310,6 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   NumericalError (naming the steps; the last good checkpoint is kept), unless
   `raise_on_nonfinite=False` (then check `finite_mask(qs)`).
   """
-  validate_config(cfg)
   if not isinstance(source, ForgetBatches):
     raise DataError("DiStruction's forgetting loop takes its data from a ForgetBatches source built "
                     "on the forget set; wrap ctx.data.forget_train in distruction.ForgetBatches")
@@ -717,7 +320,7 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   if cfg.objective == "bad_teacher" and teacher is None:
     raise ConfigError("objective 'bad_teacher' needs a randomly initialised teacher: pass teacher= "
                       "(distruction.run builds it from ctx.model)")
-  chunk_fn = _forget_chunk(apply_fn, float(cfg.mean_eta), float(cfg.std_init), cfg.objective,
+  chunk_fn = forget_chunk(apply_fn, float(cfg.mean_eta), float(cfg.std_init), cfg.objective,
                            int(cfg.mc_iters), cfg.bn_mode, cfg.vectorize, int(num_classes),
                            float(cfg.max_std_ratio), bool(cfg.matmul_convs))
   stack = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (num_l,) + jnp.shape(a)), t)  # noqa
@@ -730,7 +333,6 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
   max_forget = float(cfg.sweep_max_forget_acc)
   batch_stats = variables.get("batch_stats")
   state = {"q": stack(posterior), "batch_stats": None if batch_stats is None else stack(batch_stats),
-           "step": jnp.asarray(0, jnp.int32), "key": key_data(key),
            "kl": jnp.zeros((steps + 1, num_l), jnp.float32),
            **{k: jnp.zeros((steps, num_l), jnp.float32) for k in _HIST_KEYS}}
   if eval_steps:
@@ -738,56 +340,48 @@ def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info
                  best_step=jnp.zeros((num_l,), jnp.int32),
                  val_forget=jnp.full((len(eval_steps), num_l), jnp.nan, jnp.float32),
                  val_retain=jnp.full((len(eval_steps), num_l), jnp.nan, jnp.float32))
-  ckptr = None
-  if ckpt_dir and steps and int(cfg.checkpoint_every) > 0:
-    from jax_unlearn.train.checkpoint import Checkpointer  # noqa: PLC0415
-    ckptr = Checkpointer(_forget_ckpt_dir(ckpt_dir, cfg, lams, key, posterior, source,
-                                          evaluate if eval_steps else None))
-    if ckptr.latest_step() is not None:
-      state = ckptr.restore(state)
-      log(f"[distruction] resumed forgetting at step {int(state['step'])}/{steps} "
-          f"from {ckptr.directory}")
-  key = wrap_key(state["key"], key)  # the PRNG state is part of the checkpoint
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
-  t0 = time.time()
-  start = int(state["step"])
-  c0 = start
-  for c1 in chunk_ends(steps, every, select_every):
-    if c1 <= start:
-      continue
+  ends = chunk_ends(steps, every, select_every) if steps else []
+  starts = [0] + ends[:-1]
+
+  def chunk(state, i):
+    c0, c1 = starts[i], ends[i]
     batches = [source.batch(t) for t in range(c0, c1)]  # each one checked: forget samples only
     images = np.stack([b[0] for b in batches])
     labels = np.stack([b[1] for b in batches])
     q, bs, m = chunk_fn(state["q"], state["batch_stats"], posterior, key, jnp.int32(c0), images,
                         labels, lams, teacher, mean, std)
-    new = dict(state, q=q, batch_stats=bs, step=jnp.asarray(c1, jnp.int32),
-               kl=state["kl"].at[c0 + 1:c1 + 1].set(m["kl"]),
+    new = dict(state, q=q, batch_stats=bs, kl=state["kl"].at[c0 + 1:c1 + 1].set(m["kl"]),
                **{k: state[k].at[c0:c1].set(m[k]) for k in _HIST_KEYS})
     live = finite_mask(q)
-    if raise_on_nonfinite and not live.all():
-      kept = (f"the last good checkpoint (step {c0}) is kept in {ckptr.directory}"
-              if ckptr is not None and c0 > 0 else "no checkpoint was written yet")
-      raise NumericalError(
-          f"DiStruction forgetting produced NaN/inf parameters between steps {c0 + 1} and {c1}; "
-          f"{kept}: raise --config.distruction.lam or lower mean_eta (keep max_std_ratio=1), and run "
-          "again")
     last = jax.device_get({k: v[-1] for k, v in m.items()})
-    msg = (f"[distruction] forget step {c1}/{steps}: KL {_fmt(last['kl'], '.3f')} "
-           f"E_q[U] {_fmt(last['objective'], '.4f')} batch acc(mu) {_fmt(last['batch_acc'], '.1f')} "
-           f"sigma_q/sigma_p max {_fmt(last['std_ratio_max'], '.3f')}")
-    if c1 in eval_steps:
+    rec = {"steps": [c0, c1], "live": live.tolist(),
+           "msg": (f"[distruction] forget step {c1}/{steps}: KL {_fmt(last['kl'], '.3f')} "
+                   f"E_q[U] {_fmt(last['objective'], '.4f')} batch acc(mu) "
+                   f"{_fmt(last['batch_acc'], '.1f')} sigma_q/sigma_p max "
+                   f"{_fmt(last['std_ratio_max'], '.3f')}")}
+    if c1 in eval_steps and not (raise_on_nonfinite and not live.all()):
       j = eval_steps.index(c1)
       new = _select(new, eval_steps, j, evaluate, live, lam_list, max_forget,
                     getattr(evaluate, "closest", None))
-      msg += (f" | val acc forget {_fmt(new['val_forget'][j], '.1f')} "
-              f"retain {_fmt(new['val_retain'][j], '.2f')}")
-    state = new
-    if ckptr is not None and (c1 % every == 0 or c1 == steps):  # not at the extra validation ends
-      ckptr.save(c1, state)
-    log(f"{msg} ({time.time() - t0:.1f}s)")
-    c0 = c1
-  if ckptr is not None:
-    ckptr.close()
+      rec["msg"] += (f" | val acc forget {_fmt(new['val_forget'][j], '.1f')} "
+                     f"retain {_fmt(new['val_retain'][j], '.2f')}")
+    return new, rec
+
+  def guard(state, rec):
+    if raise_on_nonfinite and not all(rec["live"]):
+      c0, c1 = rec["steps"]
+      return f"NaN/inf parameters between forgetting steps {c0 + 1} and {c1}"
+    return None
+
+  state, _ = run_chunks(
+      chunk, state, len(ends), phase="distruction", ckpt_dir=(
+          fingerprint.tagged(ckpt_dir, "forget", _forget_description(
+              cfg, lams, key, posterior, source, evaluate if eval_steps else None))
+          if ckpt_dir and steps and int(cfg.checkpoint_every) > 0 else None),
+      save_when=lambda done: ends[done - 1] % every == 0,  # not at the extra validation ends
+      guard=guard, unit="chunk", progress=lambda i, r: r["msg"], log=log,
+      fix="raise --config.distruction.lam or lower mean_eta (keep max_std_ratio=1), and run again")
   history = {k: np.asarray(jax.device_get(state[k]), np.float32) for k in ("kl",) + _HIST_KEYS}
   if not eval_steps:
     return state["q"], state["batch_stats"], history
@@ -851,42 +445,7 @@ def unlearned_variables(q: BGDState, batch_stats) -> dict:
   return _variables(q.mean, batch_stats)
 
 
-def write_kl_curve(workdir: str, lams, kl_history, name: str = "distruction_kl",
-                   chosen: tuple[int, int] | None = None) -> tuple[str, str]:
-  """KL(q‖p) vs forgetting iteration, one line per λ (the paper's Figure 1): PNG + JSON in workdir.
-
-  `chosen` = (λ index, iteration) of the returned model marks it on the curve (and in the JSON)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  os.makedirs(workdir, exist_ok=True)
-  kl = np.asarray(kl_history, np.float64)
-  lams = [float(x) for x in lams]
-  js = os.path.join(workdir, f"{name}.json")
-  out = {"iteration": list(range(kl.shape[0])), "lam": lams,
-         "kl": {f"{lam:g}": kl[:, i].tolist() for i, lam in enumerate(lams)}}
-  if chosen is not None:
-    out["chosen"] = {"lam": lams[chosen[0]], "iteration": int(chosen[1])}
-  atomic_write_json(js, out)
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for i, lam in enumerate(lams):
-    ax.plot(np.arange(kl.shape[0]), kl[:, i], label=f"λ = {lam:g}")
-  if chosen is not None:
-    i, t = chosen
-    ax.plot([t], [kl[t, i]], "k*", markersize=10, label=f"returned (λ = {lams[i]:g}, it. {t})")
-  ax.set_xlabel("forgetting iteration")
-  ax.set_ylabel("KL(q ‖ p)")
-  ax.set_title("DiStruction: KL penalty during forgetting")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  png = os.path.join(workdir, f"{name}.png")
-  fig.savefig(png, dpi=120)
-  plt.close(fig)
-  return png, js
-
-
 def _accuracy(model, variables, split, info) -> float:
-  from jax_unlearn.train.evaluate import accuracy
   return accuracy(model, variables, split, info)
 
 
@@ -967,18 +526,20 @@ def lambda_sweep(model, variables, posterior, source, val_forget, val_retain, in
           "batch_stats": bs, "history": hist}
 
 
-@base.register("distruction")
+@base.register("distruction", default_config=default_config, validate_config=validate_config,
+               order=160, data="D_f (+ D once for the preparation; validation split for lambda)")
 def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
-  """DiStruction on `ctx.data.forget_train` only (see the module docstring for what else is read)."""
-  cfg = ctx.config.distruction
-  validate_config(cfg)
-  seed = int(ctx.config.get("seed", 0))
+  """DiStruction on `ctx.data.forget_train` only (see the module docstring for what else is read).
+  `artifacts['kl_curve']` holds KL(q‖p) per iteration and λ (the paper's Figure 1, drawn by
+  `report.method_plots`)."""
+  cfg = ctx.cfg
+  seed = int(ctx.seed)
   posterior = ensure_prepared(ctx)
   info = ctx.data.info
   source = ForgetBatches(ctx.data.forget_train, int(cfg.forget_batch_size),
                          seed + int(cfg.forget_seed_offset), ctx.forget_classes)
   k_forget, k_teacher = jax.random.split(ctx.key)
-  teacher = (_make_teacher(ctx.model, k_teacher, info.image_shape)
+  teacher = (make_teacher(ctx.model, k_teacher, info.image_shape)
              if cfg.objective == "bad_teacher" else None)
   t0 = time.time()
   extra = {}
@@ -1013,39 +574,12 @@ def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
                            teacher=teacher, num_classes=ctx.num_classes, log=ctx.log,
                            ckpt_dir=ctx.workdir)
     q, bs = take(qs, 0), take(bss, 0)
-  png, js = write_kl_curve(ctx.workdir, lams, hist["kl"], chosen=(i, steps))
   variables = unlearned_variables(q, bs)
   info_out = {"lam": lams[i], "objective": cfg.objective, "forget_steps": steps,
               "forget_steps_run": int(cfg.forget_steps),
-              "kl_final": float(hist["kl"][steps, i]), "kl_curve_png": png, "kl_curve_json": js,
+              "kl_final": float(hist["kl"][steps, i]),
               "forget_batch_acc_final": (float(hist["batch_acc"][steps - 1, i]) if steps > 0
                                          else None),
               "forget_s": time.time() - t0, **extra}
-  return base.UnlearnResult(variables=variables, info=info_out)
-
-
-def prepare_workdir(config, workdir: str, log: Callable[[str], None] = print) -> dict:
-  """`launch.prepare`: trains/loads the original model of `workdir` (as `launch.train` does), then
-  learns σ_p on the training data with the mean frozen and stores the posterior beside the original
-  checkpoint (W/original/seed<s>/), where `launch.unlearn --config.method=distruction` finds it.
-
-  Returns {'posterior_path', 'mean_equals_original', 'std_mean', 'std_min', 'std_max', 'prepare_s'}."""
-  from jax_unlearn import api
-  setup = api.load_setup(config, workdir, ("distruction",))
-  setup, original, _ = api.train_original(config, workdir, log, setup)
-  ctx = api.make_context(setup, workdir, "distruction", original, log)
-  cfg = config.distruction
-  path = cfg.posterior_path or default_posterior_path(ctx.workdir, cfg, int(config.seed))
-  t0 = time.time()
-  post = ensure_prepared(ctx, path)
-  same = all(bool(np.array_equal(np.asarray(a), np.asarray(b)))
-             for a, b in zip(jax.tree.leaves(post.mean), jax.tree.leaves(original["params"])))
-  if float(cfg.prep_mean_eta) == 0 and not same:
-    raise NumericalError(f"the prepared posterior mean in {path} differs from the original weights; "
-                         "delete the file and run launch.prepare again")
-  sig = np.concatenate([np.ravel(np.asarray(s)) for s in jax.tree.leaves(post.std)])
-  out = {"posterior_path": path, "mean_equals_original": same, "std_mean": float(sig.mean()),
-         "std_min": float(sig.min()), "std_max": float(sig.max()), "prepare_s": time.time() - t0}
-  log(f"[distruction] posterior {path}: mean == original weights: {same}; sigma mean "
-      f"{out['std_mean']:.4g} (min {out['std_min']:.3g}, max {out['std_max']:.3g})")
-  return out
+  return base.UnlearnResult(variables=variables, info=info_out, artifacts={
+      "kl_curve": {"lams": list(lams), "kl": np.asarray(hist["kl"]), "chosen": (i, steps)}})

@@ -12,6 +12,7 @@ import ml_collections
 
 from jax_unlearn.methods import _repair, base
 
+
 def default_config() -> ml_collections.ConfigDict:
   """`config.finetune` defaults (SPEC §4.5, `src/utils.py: fit_one_cycle` called with lr 0.02).
 
@@ -27,16 +28,17 @@ def default_config() -> ml_collections.ConfigDict:
                                         epochs=5, batch_size=64))
 
 
-def validate_config(cfg) -> None:
+def validate_config(cfg, problem: base.Problem | None = None) -> None:
+  del problem
   _repair.check_positive(cfg, "finetune", ints=("epochs", "batch_size"),
                          floats=("lr", "momentum", "weight_decay"))
 
 
-@base.register("finetune")
+@base.register("finetune", default_config=default_config, validate_config=validate_config, order=30,
+               data="D_r")
 def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   """Fine-tunes a copy of `ctx.original` on `ctx.data.retain_train` (uses D_r only)."""
-  cfg = ctx.config.finetune
-  validate_config(cfg)
+  cfg = ctx.cfg
   retain = ctx.data.retain_train
   variables, history = _repair.fit(
       ctx.model, ctx.original, _repair.tx_from_config(cfg, "finetune"), retain.images, retain.labels,

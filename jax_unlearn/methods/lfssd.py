@@ -15,6 +15,7 @@ No function here ever looks up a 'label' entry of a batch.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable
 
 import jax.numpy as jnp
@@ -69,7 +70,9 @@ def lfssd_importance(apply_fn: Callable, variables, batches: Iterable[dict], mod
 ssd.IMPORTANCES["lfssd"] = (lfssd_importance, False)
 
 
-@base.register("lfssd")
+@base.register("lfssd", default_config=default_config,
+               validate_config=functools.partial(ssd.validate_config, name="lfssd"), order=150,
+               data="D_r, D_f (labels unused)")
 def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   """LFSSD on `ctx`: label-free importances on D (cached) and D_f, then `ssd.dampen` (`ctx.config.lfssd`).
 

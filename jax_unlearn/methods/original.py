@@ -3,6 +3,6 @@
 from jax_unlearn.methods import base
 
 
-@base.register("original")
+@base.register("original", order=10, data="none")
 def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   return base.UnlearnResult(variables=ctx.original)

@@ -33,12 +33,10 @@ import dataclasses
 import functools
 import hashlib
 import importlib
-import json
 import os
 import time
 from typing import Callable, Iterable
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -46,8 +44,12 @@ import numpy as np
 import optax
 
 from jax_unlearn.data.normalize import normalize
-from jax_unlearn.errors import ConfigError, DataError
+from jax_unlearn.errors import CheckpointError, ConfigError, DataError
+from jax_unlearn.io import atomic_write_json
 from jax_unlearn.methods import base
+from jax_unlearn.methods._selection import closest_score, selection_key
+from jax_unlearn.train.checkpoint import has_variables, load_variables, save_variables
+from jax_unlearn.train.evaluate import accuracy
 
 MODES = ("reference", "per_sample")
 
@@ -298,22 +300,9 @@ def _batches(splits, batch_size: int, uses_labels: bool):
     yield {"image": x, "label": y}
 
 
-def _module_defaults(name: str) -> ml_collections.ConfigDict:
-  """`default_config()` of the method module `name` (ssd, lfssd, ...)."""
-  if name == "ssd":
-    return default_config()
-  return importlib.import_module(f"jax_unlearn.methods.{name}").default_config()
-
-
-def method_config(ctx, name: str) -> ml_collections.ConfigDict:
-  """`ctx.config.<name>` over the defaults of method `name`, validated."""
-  cfg = _module_defaults(name)
-  given = ctx.config.get(name, None) if hasattr(ctx.config, "get") else getattr(ctx.config, name, None)
-  if given is not None:
-    for k in given.keys():
-      if k not in cfg:
-        raise ConfigError(f"unknown field config.{name}.{k}; valid fields: {', '.join(sorted(cfg.keys()))}")
-      cfg[k] = given[k]
+def validate_config(cfg, problem: base.Problem | None = None, name: str = "ssd") -> None:
+  """ConfigError naming `--config.<name>.<field>` for invalid SSD/LFSSD settings."""
+  del problem
   _check_mode(cfg.mode)
   for k in ("batch_size", "forget_batch_size", "random_forget_batch_size", "per_sample_chunk"):
     if int(cfg[k]) < 1:
@@ -322,7 +311,6 @@ def method_config(ctx, name: str) -> ml_collections.ConfigDict:
   if not float(cfg.alpha) > 0 or not float(cfg.lam) > 0:
     raise ConfigError(f"config.{name}.alpha = {cfg.alpha} and lam = {cfg.lam} must be > 0; "
                       f"the paper uses alpha = 10, lam = 1")
-  return cfg
 
 
 def _fingerprint(variables, splits, extra: str, uses_labels: bool) -> str:
@@ -339,33 +327,27 @@ def _fingerprint(variables, splits, extra: str, uses_labels: bool) -> str:
 
 
 def full_importance_cache_path(ctx, name: str, cfg, splits, uses_labels: bool) -> str:
-  """`<cache_dir or parent of ctx.workdir>/<name>_full_importance_<mode>_b<batch>_<hash>.msgpack`."""
-  directory = cfg.cache_dir or os.path.dirname(os.path.abspath(ctx.workdir))
+  """`<cache_dir>/<name>_full_importance_<mode>_b<batch>_<hash>`: beside the original model
+  (`ctx.cache_dir`) unless `cfg.cache_dir` is set; the hash covers the original variables, D in its
+  iteration order, the mode and the batch size."""
+  directory = cfg.cache_dir or ctx.cache_dir or os.path.dirname(os.path.abspath(ctx.workdir))
   fp = _fingerprint(ctx.original, splits, f"{name}/{cfg.mode}/{cfg.batch_size}", uses_labels)
-  return os.path.join(directory, f"{name}_full_importance_{cfg.mode}_b{cfg.batch_size}_{fp}.msgpack")
+  return os.path.join(directory, f"{name}_full_importance_{cfg.mode}_b{cfg.batch_size}_{fp}")
 
 
 def _load_cache(path, params):
+  """A cached importance tree (orbax, `train.checkpoint`), or None if absent or unreadable."""
+  if not has_variables(path):
+    return None
+  target = jax.eval_shape(lambda: jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params))
   try:
-    with open(path, "rb") as f:
-      state = flax.serialization.msgpack_restore(f.read())
-    target = jax.tree.map(lambda p: np.zeros(np.shape(p), np.float32), params)
-    restored = flax.serialization.from_state_dict(target, state)
-    if jax.tree.structure(restored) != jax.tree.structure(target) or any(
-        np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(target))):
-      return None
-    return jax.tree.map(jnp.asarray, restored)
-  except Exception:  # a corrupt or foreign cache is recomputed, never trusted
+    return load_variables(path, target)
+  except CheckpointError:  # a corrupt or foreign cache is recomputed, never trusted
     return None
 
 
 def _save_cache(path, imp):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(
-        flax.serialization.to_state_dict(jax.tree.map(np.asarray, imp))))
-  os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+  save_variables(path, jax.device_get(imp), {"kind": "importance"})
 
 
 def compute_importances(ctx, name: str, importance_fn: Callable, uses_labels: bool, cfg=None):
@@ -376,7 +358,7 @@ def compute_importances(ctx, name: str, importance_fn: Callable, uses_labels: bo
   `cfg.cache_full_importance`, I_D is read from / written to a msgpack file keyed by a hash of the
   original variables, D, the mode and the batch size.
   """
-  cfg = method_config(ctx, name) if cfg is None else cfg
+  cfg = ctx.cfg if cfg is None else cfg
   data = ctx.data
   if data is None:
     raise DataError(f"{name} needs the training data (retain and forget sets); build the context with data")
@@ -416,7 +398,7 @@ def compute_importances(ctx, name: str, importance_fn: Callable, uses_labels: bo
 
 def run_dampening(ctx, name: str, importance_fn: Callable, uses_labels: bool) -> base.UnlearnResult:
   """Shared `run` of SSD and LFSSD: importances on D and D_f, then `dampen` with config alpha/lam."""
-  cfg = method_config(ctx, name)
+  cfg = ctx.cfg
   t0 = time.perf_counter()
   imp_full, imp_forget, info = compute_importances(ctx, name, importance_fn, uses_labels, cfg)
   t1 = time.perf_counter()
@@ -430,7 +412,8 @@ def run_dampening(ctx, name: str, importance_fn: Callable, uses_labels: bool) ->
   return base.UnlearnResult(variables={**ctx.original, "params": params}, info=info)
 
 
-@base.register("ssd")
+@base.register("ssd", default_config=default_config, validate_config=validate_config, order=140,
+               data="D_r, D_f (labels)")
 def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   """SSD on `ctx` (uses labelled D and D_f; reads `ctx.config.ssd`)."""
   return run_dampening(ctx, "ssd", ssd_importance, uses_labels=True)
@@ -463,8 +446,6 @@ def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | 
   Returns {'alpha', 'lam', 'target_forget_acc', 'forget_split', 'table': [rows], 'original': {...},
   'importance': {...timings}}; with `write`, also saves it as `<ctx.workdir>/alpha_sweep_<method>.json`.
   """
-  from jax_unlearn.train import evaluate  # local: evaluation is only needed by the sweep
-
   if importance_fn is None:
     if method not in IMPORTANCES:
       importlib.import_module(f"jax_unlearn.methods.{method}")
@@ -478,7 +459,7 @@ def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | 
   alphas = [float(a) for a in alphas]
   if not alphas or min(alphas) <= 0:
     raise ConfigError(f"select_alpha needs positive alphas, got {alphas}")
-  cfg = method_config(ctx, method)
+  cfg = ctx.cfg
   lam = float(cfg.lam if lam is None else lam)
   imp_full, imp_forget, imp_info = compute_importances(ctx, method, importance_fn, uses_labels, cfg)
 
@@ -486,7 +467,7 @@ def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | 
   forget_split, forget_name = data.forget_val, "forget_val"
   if len(forget_split) == 0:
     forget_split, forget_name = data.forget_train, "forget_train"
-  acc = lambda v, s: evaluate.accuracy(ctx.model, v, s, info)  # noqa: E731
+  acc = lambda v, s: accuracy(ctx.model, v, s, info)  # noqa: E731
   original = {"acc_forget": acc(ctx.original, forget_split), "acc_retain_val": acc(ctx.original, data.retain_val)}
   forget_mode = ctx.forget_mode
   criterion = criterion or ("threshold" if forget_mode == "class" else "closest")
@@ -503,26 +484,24 @@ def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | 
     rows.append(row)
     ctx.log(f"{method} alpha={a:g}: {forget_name} {row['acc_forget']:.2f}%  retain_val "
             f"{row['acc_retain_val']:.2f}%  dampened {row['frac_selected']:.4%}")
-  ok = [r for r in rows if r["acc_forget"] <= target_forget_acc]
+  closest = None
   if criterion == "closest":
+    closest = (target_forget_acc, original["acc_retain_val"])
     for r in rows:
-      r["score"] = (abs(r["acc_forget"] - target_forget_acc)
-                    + original["acc_retain_val"] - r["acc_retain_val"])
-    best = min(rows, key=lambda r: (r["score"], -r["alpha"]))
-  elif ok:
-    best = max(ok, key=lambda r: (r["acc_retain_val"], r["alpha"]))
-  else:
-    best = min(rows, key=lambda r: (r["acc_forget"], -r["acc_retain_val"]))
+      r["score"] = closest_score(r["acc_forget"], r["acc_retain_val"], *closest)
+  # `_selection.selection_key`, DiStruction's rule too; ties go to the larger alpha (fewer dampened).
+  best = min(rows, key=lambda r: selection_key(r["acc_forget"], r["acc_retain_val"], target_forget_acc,
+                                               closest, tiebreak=(-r["alpha"],)))
   result = {"method": method, "alpha": best["alpha"], "lam": lam, "criterion": criterion,
-            "target_forget_acc": target_forget_acc, "target_met": bool(best["acc_forget"] <= target_forget_acc), "forget_split": forget_name, "table": rows, "original": original,
+            "target_forget_acc": target_forget_acc,
+            "target_met": bool(best["acc_forget"] <= target_forget_acc), "forget_split": forget_name,
+            "table": rows, "original": original,
             "importance": imp_info}
   if write and ctx.workdir:
-    os.makedirs(ctx.workdir, exist_ok=True)
-    with open(os.path.join(ctx.workdir, f"alpha_sweep_{method}.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    atomic_write_json(os.path.join(ctx.workdir, f"alpha_sweep_{method}.json"), result)
   return result
 
 
 __all__ = ["MODES", "default_config", "cross_entropy", "Normalize", "accumulate_importance", "ssd_importance",
            "dampen", "selection_stats", "concat_batches", "compute_importances", "run_dampening", "run",
-           "select_alpha", "IMPORTANCES", "method_config", "full_importance_cache_path"]
+           "select_alpha", "IMPORTANCES", "validate_config", "full_importance_cache_path"]

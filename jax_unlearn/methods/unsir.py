@@ -66,8 +66,8 @@ def default_config() -> ml_collections.ConfigDict:
       repair_epochs=1))
 
 
-def validate_config(cfg, forget_mode: str) -> None:
-  if forget_mode == "random":
+def validate_config(cfg, problem: base.Problem | None = None) -> None:
+  if problem is not None and problem.forget_mode == "random":
     raise ConfigError("unsir needs class or sub-class forgetting (its noise is trained per forget "
                       "class); for --config.forget.mode=random use finetune, bad_teacher, amnesiac "
                       "or retrain instead")
@@ -146,13 +146,13 @@ def noise_labels(ctx) -> tuple[int, ...]:
   return tuple(int(c) for c in labels)
 
 
-@base.register("unsir")
+@base.register("unsir", default_config=default_config, validate_config=validate_config, order=60,
+               data="D_r (a per-class subset) and the forget class ids")
 def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   """Noise per forget class, impair on noise + retain samples, repair on the retain samples.
   Uses D_r (a per-class subset) and the forget class ids; no forget images."""
-  cfg = ctx.config.unsir
-  mode = str(ctx.config.forget.mode)
-  validate_config(cfg, mode)
+  cfg = ctx.cfg
+  mode = ctx.forget_mode
   info = ctx.data.info
   k_noise, k_impair, k_repair = jax.random.split(ctx.key, 3)
   shape = (int(cfg.noise_batch_size),) + tuple(info.image_shape)

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.train.evaluate import predict_logits
+
+__all__ = ["masked_accuracy", "forget_eval_split", "accuracy_from_logits", "forget_retain_accuracy",
+           "Accuracy"]
 
 
 def masked_accuracy(logits, labels, mask=None) -> float:
@@ -58,3 +62,15 @@ def forget_retain_accuracy(model, variables, data, batch_size: int = 512) -> dic
     ft_labels = ft.labels
   return accuracy_from_logits(test_logits, data.test.labels, data.forget_test_mask, ft_logits,
                               ft_labels)
+
+
+@register("acc", columns=(("acc_forget", "Acc D_f test (%)", "{:.2f}"),
+                          ("acc_retain", "Acc D_r test (%)", "{:.2f}")), order=10)
+class Accuracy(Evaluator):
+  """`acc_forget` / `acc_retain` (percent) from the shared test and forget-train logits."""
+
+  def __call__(self, out) -> dict:
+    d = self.suite.data
+    forget_y = np.asarray(d.train.labels)[self.suite.forget_idx]
+    return accuracy_from_logits(out.logits("test"), np.asarray(d.test.labels), d.forget_test_mask,
+                                out.logits("forget_train"), forget_y)

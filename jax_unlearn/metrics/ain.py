@@ -26,7 +26,9 @@ Protocol (`ayushkumartarun/zero-shot-unlearning: metrics.py: ain / relearn_time`
   `max_epochs x ceil(N / batch)` steps, and a capped count is reported as the cap (a lower bound on r).
 * random-sample forgetting has no forget validation images; the forgotten training samples are then
   the evaluation set (SSD's `forget_valid_dl = forget_train_dl`).
-The whole relearning run (step + batched evaluation) is one jitted `lax.while_loop`.
+Each epoch of the relearning schedule (step + batched evaluation after every step) is one jitted
+`lax.while_loop`, run through the resumable loop (`train.loop.run_chunks`: NaN guard, early stop once
+the target is reached; no checkpoint, a rerun recomputes it exactly).
 """
 
 from __future__ import annotations
@@ -42,8 +44,16 @@ import optax
 from jax import lax
 
 from jax_unlearn.data.normalize import normalize
-from jax_unlearn.errors import DataError
+from jax_unlearn.errors import ConfigError, DataError
+from jax_unlearn.metrics.accuracy import masked_accuracy
+from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.models.conv import loop_safe_convs
+from jax_unlearn.train.loop import run_chunks
+from jax_unlearn.train.steps import loss_and_grads
+
+__all__ = ["RelearnResult", "ain_eval_split", "relearn_set_index", "relearn_schedule", "pad_to_batches",
+           "relearn_loop", "relearn", "relearn_steps", "ain_target", "anamnesis_index", "AIN",
+           "default_config", "validate_config"]
 
 STREAM_RELEARN_SET = 21
 STREAM_RELEARN_ORDER = 22
@@ -111,48 +121,43 @@ def _vars(params, batch_stats):
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn",))
-def relearn_loop(apply_fn, variables, lr, images, labels, idx, bmask, eval_x, eval_y, eval_m, mean,
-                 std, target):
-  """Relearns with Adam until eval accuracy (percent) >= `target` or the schedule `idx` runs out.
+def _eval_acc(apply_fn, params, bstats, eval_x, eval_y, eval_m, mean, std):
+  def one(correct, xs):
+    x, y, m = xs
+    logits = apply_fn(_vars(params, bstats), normalize(x, mean, std), train=False)
+    return correct + jnp.sum((jnp.argmax(logits, -1) == y) & m), None
+  correct, _ = lax.scan(one, jnp.zeros((), jnp.int32), (eval_x, eval_y, eval_m))
+  return 100.0 * correct / jnp.maximum(jnp.sum(eval_m), 1)
 
-  Args: `images`/`labels` the relearning set (raw [0,1] images, on device), `idx`/`bmask` [T, B] the
-  batch schedule, `eval_x`/`eval_y`/`eval_m` the padded evaluation batches [nb, b, ...].
-  Returns (steps taken, final accuracy, initial accuracy); steps == 0 if the target is met at start.
-  """
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def relearn_loop(apply_fn, carry, lr, images, labels, idx, bmask, eval_x, eval_y, eval_m, mean, std,
+                 target):
+  """Relearns with Adam from `carry` = (t, params, batch_stats, opt_state, acc) until eval accuracy
+  (percent) >= `target` or the batch schedule `idx`/`bmask` [T, B] runs out; returns the new carry.
+
+  `images`/`labels` are the relearning set (raw [0,1] images, on device), `eval_x`/`eval_y`/`eval_m`
+  the padded evaluation batches [nb, b, ...]. Row t of `idx` is the carry's step t (global)."""
   tx = optax.adam(lr)
-  params, bstats = variables["params"], variables.get("batch_stats", {})
-
-  def eval_acc(params, bstats):
-    def one(correct, xs):
-      x, y, m = xs
-      logits = apply_fn(_vars(params, bstats), normalize(x, mean, std), train=False)
-      return correct + jnp.sum((jnp.argmax(logits, -1) == y) & m), None
-    correct, _ = lax.scan(one, jnp.zeros((), jnp.int32), (eval_x, eval_y, eval_m))
-    return 100.0 * correct / jnp.maximum(jnp.sum(eval_m), 1)
-
-  def loss_fn(params, bstats, x, y, m):
-    logits, upd = apply_fn(_vars(params, bstats), x, train=True, mask=m, mutable=["batch_stats"])
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    mf = m.astype(ce.dtype)
-    return jnp.sum(ce * mf) / jnp.maximum(jnp.sum(mf), 1.0), upd.get("batch_stats", bstats)
+  t_start = carry[0]
 
   def cond(carry):
     t, _, _, _, acc = carry
-    return (t < idx.shape[0]) & (acc < target)
+    return (t - t_start < idx.shape[0]) & (acc < target)
 
   def body(carry):
     t, params, bstats, opt_state, _ = carry
-    i, m = idx[t], bmask[t]
+    i, m = idx[t - t_start], bmask[t - t_start]
     x = normalize(images[i], mean, std)
-    (_, bstats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, bstats, x, labels[i], m)
+    # The library's one supervised step (`train.steps`): masked rows leave the loss and BN statistics.
+    (_, (_, bstats)), grads = loss_and_grads(apply_fn, params, bstats, x, labels[i],
+                                             weight=m.astype(jnp.float32))
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return t + 1, params, bstats, opt_state, eval_acc(params, bstats)
+    return t + 1, params, bstats, opt_state, _eval_acc(apply_fn, params, bstats, eval_x, eval_y,
+                                                       eval_m, mean, std)
 
-  acc0 = eval_acc(params, bstats)
-  t, _, _, _, acc = lax.while_loop(
-      cond, body, (jnp.zeros((), jnp.int32), params, bstats, tx.init(params), acc0))
-  return t, acc, acc0
+  return lax.while_loop(cond, body, carry)
 
 
 def relearn(model, variables, relearn_split, eval_split, target_acc: float, *, info, lr: float = 1e-3,
@@ -169,16 +174,28 @@ def relearn(model, variables, relearn_split, eval_split, target_acc: float, *, i
     raise DataError("relearning needs a non-empty relearning set and evaluation set; check "
                     "config.forget (the forget class must have training and validation images)")
   idx, bmask = relearn_schedule(len(images), batch_size, max_epochs, seed)
-  eval_x, eval_y, eval_m = pad_to_batches(ex, ey, eval_batch_size)
+  spe = idx.shape[0] // max_epochs
+  eval_x, eval_y, eval_m = (jnp.asarray(a) for a in pad_to_batches(ex, ey, eval_batch_size))
   variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  params, bstats = variables["params"], variables.get("batch_stats", {})
+  mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
+  lr, target = jnp.float32(lr), jnp.float32(target_acc)
+  images, labels = jnp.asarray(images), jnp.asarray(labels)
   with loop_safe_convs():  # conv gradients inside while_loop: jax-ml/jax#12868
-    steps, acc, acc0 = relearn_loop(
-        model.apply, variables, jnp.float32(lr), jnp.asarray(images), jnp.asarray(labels),
-        jnp.asarray(idx), jnp.asarray(bmask), jnp.asarray(eval_x), jnp.asarray(eval_y),
-        jnp.asarray(eval_m), jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32),
-        jnp.float32(target_acc))
-  acc = float(acc)
-  return RelearnResult(steps=int(steps), reached=bool(acc >= np.float32(target_acc)),
+    acc0 = _eval_acc(model.apply, params, bstats, eval_x, eval_y, eval_m, mean, std)
+    carry = (jnp.zeros((), jnp.int32), params, bstats, optax.adam(lr).init(params), acc0)
+
+    def epoch_fn(carry, e):
+      carry = relearn_loop(model.apply, carry, lr, images, labels, jnp.asarray(idx[e * spe:(e + 1) * spe]),
+                           jnp.asarray(bmask[e * spe:(e + 1) * spe]), eval_x, eval_y, eval_m, mean,
+                           std, target)
+      return carry, {"steps": int(carry[0]), "acc": float(carry[4])}
+
+    carry, _ = run_chunks(epoch_fn, carry, max_epochs if float(acc0) < float(target) else 0,
+                          phase="ain relearning", until=lambda c, r: r["acc"] >= float(target),
+                          log=lambda m: None)
+  acc = float(carry[4])
+  return RelearnResult(steps=int(carry[0]), reached=bool(acc >= np.float32(target_acc)),
                        initial_acc=float(acc0), final_acc=acc, max_steps=int(idx.shape[0]))
 
 
@@ -206,3 +223,81 @@ def anamnesis_index(r_unlearned, r_retrain) -> float:
   if r_retrain == 0:
     return 1.0 if r_unlearned == 0 else float("nan")
   return r_unlearned / r_retrain
+
+
+def default_config() -> dict:
+  """`config.metrics` fields of AIN (the GKT relearn-time ratio)."""
+  return dict(
+      ain_alpha=0.05,            # target = (1 - alpha) x original forget-val accuracy
+      ain_lr=1e-3,               # Adam
+      ain_batch_size=256,
+      ain_max_epochs=10,         # cap: max_epochs x ceil(|relearn set| / batch) steps
+      ain_retain_ratio=1.0)      # retain-train images per forget-train image in the relearn set
+
+
+def validate_config(cfg, problem=None) -> None:
+  del problem
+  if not 0.0 <= cfg.ain_alpha < 1.0:
+    raise ConfigError(f"config.metrics.ain_alpha must be in [0, 1), got {cfg.ain_alpha}; the GKT "
+                      "value is 0.05")
+  for field in ("ain_batch_size", "ain_max_epochs"):
+    if int(cfg[field]) < 1:
+      raise ConfigError(f"config.metrics.{field} must be >= 1, got {cfg[field]}; see "
+                        "jax_unlearn.metrics.default_config() for defaults")
+
+
+@register("ain", columns=(("ain", "AIN", "{:.3f}"),),
+          extra_keys=("relearn_steps", "relearn_reached", "relearn_steps_retrain", "relearn_max_steps"),
+          default_config=default_config, validate_config=validate_config, order=60, needs_retrain=True)
+class AIN(Evaluator):
+  """AIN = r(model) / r(Retrain); the relearn set, the target and Retrain's count are computed once."""
+
+  def __init__(self, suite):
+    super().__init__(suite)
+    self._target = self._relearn_retrain = self._relearn_set = None
+
+  @property
+  def relearn_set(self):
+    if self._relearn_set is None:
+      d = self.suite.data
+      idx = relearn_set_index(d, self.cfg.ain_retain_ratio, self.suite.seed)
+      self._relearn_set = (np.asarray(d.train.images)[idx], np.asarray(d.train.labels)[idx])
+    return self._relearn_set
+
+  @property
+  def target_acc(self) -> float:
+    """(1 - alpha) x the original model's accuracy on the AIN evaluation split (percent)."""
+    if self._target is None:
+      ev = ain_eval_split(self.suite.data)
+      orig = masked_accuracy(self.suite.logits_of(self.suite.original, ev.images), ev.labels)
+      self._target = ain_target(orig, self.cfg.ain_alpha)
+    return self._target
+
+  def relearn(self, variables) -> RelearnResult:
+    c, s = self.cfg, self.suite
+    return relearn(s.model, variables, self.relearn_set, ain_eval_split(s.data), self.target_acc,
+                   info=s.data.info, lr=c.ain_lr, batch_size=c.ain_batch_size,
+                   max_epochs=c.ain_max_epochs, seed=s.seed, eval_batch_size=c.batch_size)
+
+  @property
+  def relearn_retrain(self) -> RelearnResult:
+    if self._relearn_retrain is None:
+      self._relearn_retrain = r = self.relearn(self.suite.retrain)
+      self.suite.log(f"[metrics] Retrain relearns in {r.steps} steps (target {self.target_acc:.2f}%, "
+                     f"reached={r.reached}, cap {r.max_steps})")
+    return self._relearn_retrain
+
+  def __call__(self, out) -> dict:
+    r, rr = self.relearn(out.variables), self.relearn_retrain
+    return {"ain": anamnesis_index(r.steps, rr.steps), "relearn_steps": r.steps,
+            "relearn_reached": r.reached, "relearn_steps_retrain": rr.steps,
+            "relearn_max_steps": r.max_steps}
+
+  def info(self) -> dict:
+    out = {}
+    if self._target is not None:
+      out["ain_target_acc"] = self._target
+    if self._relearn_retrain is not None:
+      out["relearn_steps_retrain"] = self._relearn_retrain.steps
+      out["relearn_max_steps"] = self._relearn_retrain.max_steps
+    return out

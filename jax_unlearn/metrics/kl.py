@@ -13,7 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_unlearn.metrics.accuracy import forget_eval_split
+from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.train.evaluate import predict_logits
+
+__all__ = ["kl_divergence_from_logits", "mean_kl_from_logits", "kl_to_retrain", "KLToRetrain"]
 
 
 @jax.jit
@@ -37,3 +41,21 @@ def kl_to_retrain(model, unlearned_vars, retrain_vars, images, info, batch_size:
   lp = predict_logits(model, unlearned_vars, images, info, batch_size)
   lq = predict_logits(model, retrain_vars, images, info, batch_size)
   return mean_kl_from_logits(lp, lq)
+
+
+@register("kl", columns=(("kl_to_retrain", "KL to Retrain", "{:.4f}"),), order=70, needs_retrain=True)
+class KLToRetrain(Evaluator):
+  """Mean KL(p_unlearned ‖ p_retrain) on `accuracy.forget_eval_split` (Retrain's logits cached)."""
+
+  def __init__(self, suite):
+    super().__init__(suite)
+    self._retrain_logits = None
+
+  def __call__(self, out) -> dict:
+    d = self.suite.data
+    has_ftest = bool(np.any(d.forget_test_mask))
+    mine = out.logits("test")[np.asarray(d.forget_test_mask, bool)] if has_ftest else \
+        out.logits("forget_train")
+    if self._retrain_logits is None:
+      self._retrain_logits = self.suite.logits_of(self.suite.retrain, forget_eval_split(d).images)
+    return {"kl_to_retrain": mean_kl_from_logits(mine, self._retrain_logits)}

@@ -21,10 +21,14 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
-from jax_unlearn.metrics.mia_i import fit_predict_1d, retain_member_index
+from jax_unlearn.metrics.base import Evaluator, register
+from jax_unlearn.metrics.mia_i import (add_member_pool, check_member_pool, fit_predict_1d,
+                                       member_pool_config, retain_member_index)
 from jax_unlearn.train.evaluate import predict_logits
+
+__all__ = ["softmax_entropy", "mia_entropy_from_entropies", "mia_entropy_from_logits", "mia_entropy",
+           "MiaEntropy"]
 
 
 @jax.jit
@@ -40,6 +44,7 @@ def mia_entropy_from_entropies(member_ent, nonmember_ent, target_ent) -> float:
   Fitted on `member_ent` (label 1) vs `nonmember_ent` (label 0); 1-D arrays of entropies. NaN when
   the target is empty.
   """
+  from sklearn.linear_model import LogisticRegression  # only when fitted (import time)
   pred = fit_predict_1d(LogisticRegression(class_weight="balanced", solver="lbfgs"), member_ent,
                         nonmember_ent, target_ent, "mia_entropy needs retain-train and test samples")
   return float("nan") if pred is None else float(100.0 * pred.mean())
@@ -58,3 +63,20 @@ def mia_entropy(model, variables, data, *, max_samples: int = 10000, seed: int =
   logits = functools.partial(predict_logits, model, variables, info=data.info, batch_size=batch_size)
   return mia_entropy_from_logits(logits(data.train.images[member]), logits(data.test.images),
                                  logits(data.train.images[target]))
+
+
+@register("mia_entropy", columns=(("mia_entropy", "MIA-entropy (%)", "{:.2f}"),), order=50,
+          default_config=member_pool_config, validate_config=check_member_pool)
+class MiaEntropy(Evaluator):
+  """`mia_entropy` from the shared retain-member, test and forget-train logits."""
+
+  def __init__(self, suite):
+    super().__init__(suite)
+    self.member_idx = add_member_pool(suite)
+
+  def __call__(self, out) -> dict:
+    return {"mia_entropy": mia_entropy_from_logits(out.logits("retain_members"), out.logits("test"),
+                                                   out.logits("forget_train"))}
+
+  def info(self) -> dict:
+    return {"mia_entropy_members": len(self.member_idx)}

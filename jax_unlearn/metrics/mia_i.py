@@ -24,10 +24,14 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.svm import SVC
 
-from jax_unlearn.errors import DataError
+from jax_unlearn.errors import ConfigError, DataError
+from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.train.evaluate import predict_logits
+
+__all__ = ["true_label_confidence", "sample_index", "retain_member_index", "fit_predict_1d",
+           "mia_i_from_confidences", "mia_i_from_logits", "mia_i_pools", "mia_i", "MiaI",
+           "member_pool_config", "check_member_pool"]
 
 # Independent seeded streams (np.random.default_rng([seed, stream])) for every subsample we draw.
 STREAM_MEMBERS = 11
@@ -74,6 +78,7 @@ def mia_i_from_confidences(member_conf, nonmember_conf, target_conf) -> float:
   The SVC is fitted on `member_conf` (label 1) vs `nonmember_conf` (label 0); every argument is a
   1-D array of true-label confidences. NaN when the target is empty.
   """
+  from sklearn.svm import SVC  # scikit-learn only when an attack is fitted (import time)
   pred = fit_predict_1d(SVC(C=3, gamma="auto", kernel="rbf"), member_conf, nonmember_conf, target_conf,
                         "MIA-I needs both member (retain-train) and non-member (retain-test) samples")
   return float("nan") if pred is None else float(100.0 * (1.0 - pred.mean()))
@@ -106,3 +111,46 @@ def mia_i(model, variables, data, *, max_samples: int = 10000, seed: int = 0,
   return mia_i_from_logits(logits(tr.images[member]), tr.labels[member],
                            logits(te.images[nonmember]), te.labels[nonmember],
                            logits(tr.images[target]), tr.labels[target])
+
+
+def member_pool_config() -> dict:
+  """`config.metrics` fields of the confidence and entropy attacks."""
+  # Cap per side on the attack's training samples (the RBF-SVC fit is quadratic).
+  return {"mia_max_samples": 10000}
+
+
+def check_member_pool(cfg, problem=None) -> None:
+  del problem
+  if int(cfg.mia_max_samples) < 1:
+    raise ConfigError(f"config.metrics.mia_max_samples must be >= 1, got {cfg.mia_max_samples}; the "
+                      "default is 10000")
+
+
+def add_member_pool(suite) -> np.ndarray:
+  """The shared pool of retain-train members (MIA-I takes a prefix, mia_entropy all of it)."""
+  idx = retain_member_index(suite.data, suite.cfg.mia_max_samples, suite.seed)
+  suite.add_pool("retain_members", np.asarray(suite.data.train.images)[idx])
+  return idx
+
+
+@register("mia_i", columns=(("mia_i", "MIA-I (%)", "{:.2f}"),), order=30,
+          default_config=member_pool_config, validate_config=check_member_pool)
+class MiaI(Evaluator):
+  """MIA-I from the shared test, forget-train and retain-member logits (the SVC is refitted per
+  model, as SalUn does)."""
+
+  def __init__(self, suite):
+    super().__init__(suite)
+    self.member_idx = add_member_pool(suite)
+    self.member, self.nonmember, _ = mia_i_pools(suite.data, suite.cfg.mia_max_samples, suite.seed)
+
+  def __call__(self, out) -> dict:
+    d, n = self.suite.data, len(self.member)  # the MIA-I members are this prefix of `member_idx`
+    train_y, test_y = np.asarray(d.train.labels), np.asarray(d.test.labels)
+    return {"mia_i": mia_i_from_logits(
+        out.logits("retain_members")[:n], train_y[self.member_idx[:n]],
+        out.logits("test")[self.nonmember], test_y[self.nonmember],
+        out.logits("forget_train"), train_y[self.suite.forget_idx])}
+
+  def info(self) -> dict:
+    return {"mia_i_members": len(self.member), "mia_i_nonmembers": len(self.nonmember)}

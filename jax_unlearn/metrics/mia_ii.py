@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable
 
 import jax
@@ -46,18 +47,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
-from sklearn.neural_network import MLPClassifier
-from threadpoolctl import threadpool_limits
 
+from jax_unlearn.data.augment import augment as augment_images
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError, DataError
+from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.models import init_variables
-from jax_unlearn.train.evaluate import predict_logits
-from jax_unlearn.train.supervised import make_optimizer
 from jax_unlearn.models.conv import loop_safe_convs
+from jax_unlearn.train.evaluate import predict_logits
+from jax_unlearn.train.loop import run_chunks
+from jax_unlearn.train.steps import loss_and_grads
+from jax_unlearn.train.supervised import make_optimizer
 
 STREAM_EVAL = 31
 STREAM_IN_OUT = 32
@@ -156,27 +156,16 @@ def shadow_optimizer(lr: float, momentum: float, weight_decay: float, milestones
   return make_optimizer(ml_collections.ConfigDict(recipe), steps_per_epoch)
 
 
-def _vars(params, batch_stats):
-  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
-
-
 def shadow_train_step(apply_fn, tx, augment: bool, state, idx, key, images, labels, mean, std):
   """One supervised CE + SGD step of ONE shadow. `state` = (params, batch_stats, opt_state); `idx`
   [B] indexes the device-resident pool `images`/`labels`. Returns (state, loss)."""
   params, bstats, opt_state = state
   x = images[idx]
   if augment:
-    from jax_unlearn import data as data_lib  # the data package owns augmentation
-    x = data_lib.augment(key, x)
-  x = normalize(x, mean, std)
-  y = labels[idx]
-
-  def loss_fn(p):
-    logits, upd = apply_fn(_vars(p, bstats), x, train=True, mutable=["batch_stats"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, upd.get("batch_stats", bstats)
-
-  (loss, bstats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    x = augment_images(key, x)
+  # The library's one supervised step (`train.steps`), with the shadows' tuple state.
+  (loss, (_, bstats)), grads = loss_and_grads(apply_fn, params, bstats, normalize(x, mean, std),
+                                              labels[idx])
   updates, opt_state = tx.update(grads, opt_state, params)
   return (optax.apply_updates(params, updates), bstats, opt_state), loss
 
@@ -260,12 +249,8 @@ def train_shadow_models(model, data, key, *, num_shadow: int = 4, epochs: int = 
   states = [_init_state(model, init_keys[s], data.info.image_shape, tx) for s in range(num_shadow)]
   args = (jnp.asarray(images), jnp.asarray(labels), jnp.asarray(data.info.mean, jnp.float32),
           jnp.asarray(data.info.std, jnp.float32))
-  if ckpt_dir is not None:
-    state, losses = _train_shadows_checkpointed(model.apply, _stack(states), idx, step_keys, args, kw,
-                                                vmapped, epochs, ckpt_dir, log or (lambda m: None))
-  else:
-    with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
-      state, losses = _scan_steps(model.apply, _stack(states), idx, step_keys, args, kw, vmapped, 0)
+  state, losses = _train_shadows(model.apply, _stack(states), idx, step_keys, args, kw, vmapped, epochs,
+                                 ckpt_dir, log or (lambda m: None))
   params, bstats, _ = state
   spe = max(1, idx.shape[0] // max(epochs, 1))
   final_loss = float(jnp.mean(losses[-spe:])) if losses.shape[0] else float("nan")
@@ -286,10 +271,6 @@ def _scan_steps(apply_fn, state, idx, keys, args, kw, vmapped, t0):
   return _stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs], axis=1)
 
 
-def _finite(tree) -> bool:
-  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
-
-
 def _divergence(losses, state, lo: int) -> str | None:
   """None if this epoch's losses [spe, S] and the whole state (params, BN stats, momentum) are finite;
   else what went wrong, naming the first global step (1-based) whose loss is not finite."""
@@ -299,53 +280,39 @@ def _divergence(losses, state, lo: int) -> str | None:
     t = int(np.argmax(bad))
     kind = "nan" if np.isnan(losses[t]).any() else "inf"
     return f"the training loss became {kind} at step {lo + t + 1}"
-  if not _finite(state):  # the last update of the epoch diverged after its (finite) loss
-    return f"a parameter became nan/inf after step {lo + len(losses)}"
+  if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state)):
+    return f"a parameter became nan/inf after step {lo + len(losses)}"  # the epoch's last update
   return None
 
 
-def _train_shadows_checkpointed(apply_fn, state, idx, step_keys, args, kw, vmapped, epochs, ckpt_dir,
-                                log):
-  """`_scan_steps` one epoch at a time, with an orbax checkpoint after every epoch.
+def _train_shadows(apply_fn, state, idx, step_keys, args, kw, vmapped, epochs, ckpt_dir, log):
+  """`_scan_steps` one epoch at a time through the resumable loop (`train.loop.run_chunks`), with an
+  orbax checkpoint after every epoch when `ckpt_dir` is given (a finished one is reused).
 
-  The checkpoint is {state (stacked, with optimizer state), epoch, losses [T, S] (zero after the saved
-  epoch: a fixed shape, so the restore target is static), keys (the step keys' raw data: the PRNG
-  state)}. Epoch e runs global steps e*spe .. (e+1)*spe - 1 with t0 = e*spe, so step t still uses
+  Epoch e runs global steps e*spe .. (e+1)*spe - 1 with t0 = e*spe, so step t still uses
   fold_in(key, t) and the pieces equal one scan. A non-finite epoch is not saved."""
-  from jax_unlearn.errors import NumericalError  # noqa: PLC0415
-  from jax_unlearn.train.checkpoint import Checkpointer, key_data, wrap_key  # noqa: PLC0415
   t_total, s_count = idx.shape[0], idx.shape[1]
   spe = t_total // max(epochs, 1)
-  ck = {"state": state, "epoch": jnp.asarray(0, jnp.int32),
-        "losses": jnp.zeros((t_total, s_count), jnp.float32), "keys": key_data(step_keys)}
-  ckptr = Checkpointer(ckpt_dir)
-  try:
-    if ckptr.latest_step() is not None:
-      ck = ckptr.restore(ck)
-      done = int(ck["epoch"])
-      log(f"[mia_ii shadows] {'reused the finished' if done >= epochs else 'resumed at epoch'} "
-          f"{done}/{epochs} from {ckptr.directory}")
-    state, keys = ck["state"], wrap_key(ck["keys"], step_keys)
+
+  def epoch_fn(state, epoch):
+    lo, hi = epoch * spe, (epoch + 1) * spe
     with loop_safe_convs():  # conv gradients inside lax.scan: jax-ml/jax#12868
-      for epoch in range(int(ck["epoch"]), epochs):
-        lo, hi = epoch * spe, (epoch + 1) * spe
-        state, losses = _scan_steps(apply_fn, state, idx[lo:hi], keys, args, kw, vmapped, lo)
-        what = _divergence(losses, state, lo)
-        if what is not None:
-          last = int(ck["epoch"])
-          kept = (f"the last good checkpoint (epoch {last}) is kept in {ckptr.directory}" if last
-                  else f"no checkpoint was written yet in {ckptr.directory}")
-          raise NumericalError(
-              f"[mia_ii shadows] {what} (of {t_total}) in epoch {epoch + 1}/{epochs}; {kept}: lower "
-              "--config.metrics.shadow_lr and run the same command again")
-        ck = {"state": state, "epoch": jnp.asarray(epoch + 1, jnp.int32),
-              "losses": ck["losses"].at[lo:hi].set(losses), "keys": ck["keys"]}
-        ckptr.save(epoch + 1, ck)
-        log(f"[mia_ii shadows] epoch {epoch + 1}/{epochs}: mean loss {float(jnp.mean(losses)):.4f} "
-            "(checkpointed)")
-  finally:
-    ckptr.close()
-  return ck["state"], ck["losses"][:epochs * spe]
+      state, losses = _scan_steps(apply_fn, state, idx[lo:hi], step_keys, args, kw, vmapped, lo)
+    losses = np.asarray(losses, np.float32)
+    return state, {"epoch": epoch + 1, "losses": losses.tolist(),
+                   "problem": _divergence(losses, state, lo)}
+
+  def guard(state, rec):
+    return None if rec["problem"] is None else f"{rec['problem']} (of {t_total})"
+
+  state, history = run_chunks(
+      epoch_fn, state, epochs, phase="mia_ii shadows", ckpt_dir=ckpt_dir, guard=guard,
+      fix="lower --config.metrics.shadow_lr and run the same command again",
+      progress=lambda i, r: (f"[mia_ii shadows] epoch {i + 1}/{epochs}: mean loss "
+                             f"{float(np.mean(r['losses'])):.4f}"), log=log)
+  losses = (np.concatenate([np.asarray(r["losses"], np.float32).reshape(-1, s_count) for r in history])
+            if history else np.zeros((0, s_count), np.float32))
+  return state, jnp.asarray(losses)
 
 
 # ------------------------------------------------------------------------------------- attack
@@ -379,6 +346,10 @@ def attack_features(probs, topk: int):
 
 
 def _classifier(kind: str, seed: int):
+  # scikit-learn only when an attack is fitted (import time of the metrics package).
+  from sklearn.ensemble import HistGradientBoostingClassifier
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.neural_network import MLPClassifier
   if kind == "hgb":
     return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, max_leaf_nodes=15,
                                           early_stopping=False, random_state=seed)
@@ -396,6 +367,7 @@ def fit_attack_from_probs(in_probs, out_probs, *, topk: int = 10, kind: str = "h
   fi, fo = np.asarray(attack_features(in_probs, topk)), np.asarray(attack_features(out_probs, topk))
   x = np.concatenate([fi, fo]).astype(np.float64)
   y = np.concatenate([np.ones(len(fi), np.int32), np.zeros(len(fo), np.int32)])
+  from threadpoolctl import threadpool_limits
   # One OpenMP thread: HistGradientBoosting's threads spin-wait, and on a shared 2-core machine that
   # made a 250-row fit take 14 s instead of 0.2 s (76k rows: 1.8 s single-threaded).
   with threadpool_limits(limits=1, user_api="openmp"):
@@ -420,6 +392,8 @@ def member_f1_from_probs(classifier, topk: int, member_probs, nonmember_probs) -
   fm = np.asarray(attack_features(member_probs, topk), np.float64)
   fn = np.asarray(attack_features(nonmember_probs, topk), np.float64)
   y = np.concatenate([np.ones(len(fm), np.int32), np.zeros(len(fn), np.int32)])
+  from sklearn.metrics import f1_score
+  from threadpoolctl import threadpool_limits
   with threadpool_limits(limits=1, user_api="openmp"):
     pred = classifier.predict(np.concatenate([fm, fn]))
   return float(100.0 * f1_score(y, pred, pos_label=1, zero_division=0.0))
@@ -446,7 +420,110 @@ def num_steps(n_pool: int, batch_size: int, epochs: int) -> int:
   return epochs * (n_in // max(1, min(batch_size, n_in)))
 
 
+# config.metrics shadow field -> the original's recipe field it defaults to (config.train.*, or the
+# top-level supervised batch size).
+SHADOW_RECIPE = {"shadow_epochs": "epochs", "shadow_lr": "lr", "shadow_momentum": "momentum",
+                 "shadow_weight_decay": "weight_decay", "shadow_milestones": "milestones",
+                 "shadow_gamma": "gamma", "shadow_batch_size": "batch_size"}
+_SHADOW_TYPES = {"shadow_epochs": int, "shadow_lr": float, "shadow_momentum": float,
+                 "shadow_weight_decay": float, "shadow_batch_size": int, "shadow_milestones": tuple,
+                 "shadow_gamma": float}
+
+
+def default_config() -> dict:
+  """`config.metrics` fields of MIA-II. The shadows' training fields are None: `resolve` gives them
+  the original model's recipe (`config.train`, `config.batch_size`): "the same architecture and
+  recipe" as the target; set one to override."""
+  return dict(
+      num_shadow=4,
+      **{k: ml_collections.config_dict.placeholder(t) for k, t in _SHADOW_TYPES.items()},
+      shadow_augment=True,       # use the dataset's augmentation (DataInfo.augment) if it has one
+      # Train the S shadows as one vmapped step (False: one after another; equal up to float
+      # rounding). On XLA CPU the vmapped conv (a grouped conv) is slower: digits, AllCNN w=0.25, 4
+      # shadows x 150 steps took 106 s vmapped vs 76 s looped on this 2-core machine.
+      shadow_vmap=True,
+      mia_ii_attack="hgb",       # 'hgb' (HistGradientBoosting) | 'logreg' | 'mlp'
+      mia_ii_topk=10,            # sorted softmax entries fed to the attack; 0 = all K
+      mia_ii_max_eval=5000)      # cap on evaluation members / non-members (each side)
+
+
+def resolve(cfg, recipe) -> None:
+  """Fills every shadow_* field left None with the original's recipe."""
+  for field, key in SHADOW_RECIPE.items():
+    if cfg[field] is None:
+      cfg[field] = tuple(recipe[key]) if key == "milestones" else recipe[key]
+
+
+def validate_config(cfg, problem=None) -> None:
+  del problem
+  if cfg.mia_ii_attack not in ATTACKS:
+    raise ConfigError(f"unknown config.metrics.mia_ii_attack {cfg.mia_ii_attack!r}; use one of "
+                      f"{ATTACKS}")
+  for field in ("num_shadow", "shadow_epochs", "shadow_batch_size", "mia_ii_max_eval"):
+    if cfg[field] is not None and int(cfg[field]) < 1:
+      raise ConfigError(f"config.metrics.{field} must be >= 1, got {cfg[field]}; see "
+                        "jax_unlearn.metrics.default_config() for defaults")
+
+
+@register("mia_ii", columns=(("mia_ii", "MIA-II F1 (%)", "{:.2f}"),), order=40,
+          default_config=default_config, resolve=resolve, validate_config=validate_config)
+class MiaII(Evaluator):
+  """MIA-II: the shadow models and the attack are trained once per suite (lazily; checkpointed in
+  `suite.cache_dir`), then every model's F1 comes from the shared forget-train and test logits.
+  `shadow=` (trained `ShadowModels`) or `attack=` (a fitted `Attack`) given to the suite skip that
+  work."""
+
+  def __init__(self, suite):
+    super().__init__(suite)
+    self._shadow = suite.kwargs.get("shadow")
+    self._attack = suite.kwargs.get("attack")
+
+  @property
+  def shadow(self) -> ShadowModels:
+    if self._shadow is None:
+      c, s, t0 = self.cfg, self.suite, time.time()
+      self._shadow = train_shadow_models(
+          s.model, s.data, s.key, num_shadow=c.num_shadow, epochs=c.shadow_epochs, lr=c.shadow_lr,
+          momentum=c.shadow_momentum, weight_decay=c.shadow_weight_decay,
+          batch_size=c.shadow_batch_size, milestones=tuple(c.shadow_milestones), gamma=c.shadow_gamma,
+          augment=None if c.shadow_augment else False, seed=s.seed, max_eval=c.mia_ii_max_eval,
+          vmapped=bool(c.shadow_vmap), ckpt_dir=s.cache_dir, log=s.log)
+      s.log(f"[metrics] trained {c.num_shadow} shadow models on a pool of "
+            f"{self._shadow.in_mask.shape[1]} images, last-epoch loss {self._shadow.final_loss:.4f} "
+            f"({time.time() - t0:.1f}s)")
+    return self._shadow
+
+  @property
+  def attack(self) -> Attack:
+    if self._attack is None:
+      s = self.suite
+      self._attack = fit_attack(s.model, self.shadow, s.data, topk=self.cfg.mia_ii_topk,
+                                kind=self.cfg.mia_ii_attack, seed=s.seed, batch_size=self.cfg.batch_size)
+      s.log(f"[metrics] MIA-II attack ({self.cfg.mia_ii_attack}) accuracy on shadow in/out: "
+            f"{self._attack.shadow_accuracy:.1f}%")
+    return self._attack
+
+  def __call__(self, out) -> dict:
+    a = self.attack
+    pos = np.searchsorted(self.suite.forget_idx, a.member_idx)  # members are forget-train images
+    return {"mia_ii": mia_ii_f1_from_logits(a, out.logits("forget_train")[pos],
+                                            out.logits("test")[a.nonmember_idx])}
+
+  def info(self) -> dict:
+    out = {}
+    if self._shadow is not None:
+      out.update(shadow_pool=int(self._shadow.in_mask.shape[1]),
+                 num_shadow=int(self._shadow.in_mask.shape[0]),
+                 shadow_final_loss=self._shadow.final_loss,
+                 mia_ii_members=len(self._shadow.member_idx),
+                 mia_ii_nonmembers=len(self._shadow.nonmember_idx))
+    if self._attack is not None:
+      out["mia_ii_attack_shadow_acc"] = self._attack.shadow_accuracy
+    return out
+
+
 __all__ = ["ShadowModels", "Attack", "mia_ii_pools", "shadow_pool", "shadow_in_masks", "shadow_schedule",
            "shadow_optimizer", "shadow_train_step", "train_shadows_scan", "train_shadow_models",
            "stacked_predict_probs", "attack_features", "fit_attack_from_probs", "fit_attack",
-           "member_f1_from_probs", "mia_ii_f1_from_logits", "mia_ii_f1", "num_steps", "ATTACKS"]
+           "member_f1_from_probs", "mia_ii_f1_from_logits", "mia_ii_f1", "num_steps", "ATTACKS",
+           "MiaII", "default_config", "resolve", "validate_config", "SHADOW_RECIPE"]

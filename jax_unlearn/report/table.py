@@ -15,16 +15,24 @@ import os
 
 import numpy as np
 
+from jax_unlearn import metrics
 from jax_unlearn.io import atomic_write_json, atomic_write_text
 
-METRIC_KEYS = ("acc_forget", "acc_retain", "mia_i", "mia_ii", "mia_entropy", "ain", "kl_to_retrain")
-ROW_KEYS = ("method", "forget_classes", "seed", *METRIC_KEYS, "wall_s", "ain_reached")
-_NUMERIC = (*METRIC_KEYS, "wall_s")
-# (key, column title, format) in the order of ISPF Table 1, then the other papers' columns.
-COLUMNS = (("acc_forget", "Acc D_f test (%)", "{:.2f}"), ("acc_retain", "Acc D_r test (%)", "{:.2f}"),
-           ("mia_i", "MIA-I (%)", "{:.2f}"), ("mia_ii", "MIA-II F1 (%)", "{:.2f}"),
-           ("mia_entropy", "MIA-entropy (%)", "{:.2f}"), ("ain", "AIN", "{:.3f}"),
-           ("kl_to_retrain", "KL to Retrain", "{:.4f}"), ("wall_s", "Time (s)", "{:.1f}"))
+__all__ = ["metric_keys", "row_keys", "table_columns", "markdown_table", "write_results", "plot_results"]
+
+
+def metric_keys() -> tuple[str, ...]:
+  """The metric columns' keys, from the metric registry, in table order (ISPF Table 1 first)."""
+  return metrics.result_keys()
+
+
+def row_keys() -> tuple[str, ...]:
+  return ("method", "forget_classes", "seed", *metric_keys(), "wall_s", "ain_reached")
+
+
+def table_columns() -> tuple:
+  """(key, column title, format) of every registered metric, then the wall time."""
+  return (*metrics.columns(), ("wall_s", "Time (s)", "{:.1f}"))
 
 
 def _num(x):
@@ -54,19 +62,20 @@ def markdown_table(rows: list[dict], title: str = "", forget_mode: str = "class"
   `forget_mode='random'` the forget accuracy and KL are on the forget *training* samples (there are no
   forget test samples), and the headers say so."""
   random_mode = forget_mode == "random"
-  titles = {k: t.replace("D_f test", "D_f train") if random_mode else t for k, t, _ in COLUMNS}
+  cols = table_columns()
+  titles = {k: t.replace("D_f test", "D_f train") if random_mode else t for k, t, _ in cols}
   groups: dict[tuple, list[dict]] = {}
   for r in rows:
     groups.setdefault((r["method"], tuple(r["forget_classes"])), []).append(r)
   out = io.StringIO()
   if title:
     out.write(f"{title}\n\n")
-  out.write("| Method | Forget | Seeds | " + " | ".join(titles[c[0]] for c in COLUMNS) + " |\n")
-  out.write("|---|---|---|" + "---|" * len(COLUMNS) + "\n")
+  out.write("| Method | Forget | Seeds | " + " | ".join(titles[c[0]] for c in cols) + " |\n")
+  out.write("|---|---|---|" + "---|" * len(cols) + "\n")
   for (method, forget), rs in groups.items():
     capped = any(r.get("ain_reached") is False for r in rs)
     cells = [_cell([r.get(k) for r in rs], fmt, lower_bound=(k == "ain" and capped))
-             for k, _, fmt in COLUMNS]
+             for k, _, fmt in cols]
     forget_s = ",".join(str(c) for c in forget) or "random"
     out.write(f"| {method} | {forget_s} | {len(rs)} | " + " | ".join(cells) + " |\n")
   acc = ("accuracy on the forget (D_f) training samples / the test split (D_r)" if random_mode else
@@ -81,9 +90,10 @@ def markdown_table(rows: list[dict], title: str = "", forget_mode: str = "class"
 
 
 def write_results(workdir: str, config_dict: dict, rows: list[dict], title: str = "") -> dict:
-  rows = [{k: r.get(k) for k in ROW_KEYS} for r in rows]
+  keys = row_keys()
+  rows = [{k: r.get(k) for k in keys} for r in rows]
   for r in rows:
-    for k in _NUMERIC:
+    for k in (*metric_keys(), "wall_s"):
       v = _num(r[k])
       r[k] = v if math.isfinite(v) else None
     r["ain_reached"] = None if r["ain_reached"] is None else bool(r["ain_reached"])
@@ -92,31 +102,35 @@ def write_results(workdir: str, config_dict: dict, rows: list[dict], title: str 
   mode = ((config_dict or {}).get("forget") or {}).get("mode", "class")
   atomic_write_text(os.path.join(workdir, "results.md"), markdown_table(rows, title, mode))
   buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=ROW_KEYS)
+  w = csv.DictWriter(buf, fieldnames=keys)
   w.writeheader()
   for r in rows:
     w.writerow({**r, "forget_classes": " ".join(str(c) for c in r["forget_classes"])})
   atomic_write_text(os.path.join(workdir, "results.csv"), buf.getvalue())
-  plot_results(os.path.join(workdir, "results.png"), rows)
+  plot_results(os.path.join(workdir, "results.png"), rows, title, mode)
   return results
 
 
-def plot_results(path: str, rows: list[dict]) -> None:
-  """Forget vs retain test accuracy per method (bars), the table at a glance."""
+def plot_results(path: str, rows: list[dict], title: str = "", forget_mode: str = "class") -> None:
+  """Forget vs retain accuracy per method (bars, mean over seeds), the table at a glance."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   methods = list(dict.fromkeys(r["method"] for r in rows))
-  f = [np.nanmean([_num(r["acc_forget"]) for r in rows if r["method"] == m]) for m in methods]
-  t = [np.nanmean([_num(r["acc_retain"]) for r in rows if r["method"] == m]) for m in methods]
+  mean = lambda k, m: np.nanmean([_num(r[k]) for r in rows if r["method"] == m])  # noqa: E731
+  f = [mean("acc_forget", m) for m in methods]
+  t = [mean("acc_retain", m) for m in methods]
   x = np.arange(len(methods))
-  fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(methods) + 2), 3.5))
-  ax.bar(x - 0.2, f, 0.4, label="forget (D_f test)")
+  fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(methods) + 3), 3.8))
+  where = "train" if forget_mode == "random" else "test"
+  ax.bar(x - 0.2, f, 0.4, label=f"forget (D_f {where})")
   ax.bar(x + 0.2, t, 0.4, label="retain (D_r test)")
   ax.set_xticks(x, methods, rotation=45, ha="right")
   ax.set_ylabel("accuracy (%)")
   ax.set_ylim(0, 100)
-  ax.legend(loc="upper right", fontsize=8)
+  ax.set_title(title or "forget vs retain accuracy per method", fontsize=10)
+  # Outside the axes: inside, the legend covered the bars of the first methods.
+  ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
   fig.tight_layout()
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=110)

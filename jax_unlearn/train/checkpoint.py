@@ -13,6 +13,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -65,6 +66,15 @@ def _quiet_failed_restore(drain_seconds: float = 0.5):
     buf.close()
 
 
+def describe_error(e: BaseException) -> str:
+  """`Type: first line` of an exception, without object reprs such as `<bound method ...>` that some
+  orbax/tensorstore errors carry, cut to 200 characters."""
+  lines = str(e).strip().splitlines()
+  text = re.sub(r"<[^<>]*>", "", lines[0] if lines else "")
+  text = " ".join(text.split())[:200]
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def key_data(key):
   """Raw uint32 data of a typed (`jax.random.key`) or legacy (`PRNGKey`) key: what a checkpoint stores
   (orbax saves arrays, not typed keys)."""
@@ -99,9 +109,8 @@ class Checkpointer:
         return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types for truncated/corrupted files
       raise CheckpointError(
-          f"checkpoint {self.directory}/{step} could not be restored ({type(e).__name__}: "
-          f"{str(e).splitlines()[0][:200]}); it is corrupted or from another config: delete that "
-          f"directory to start this phase again") from e
+          f"checkpoint {self.directory}/{step} could not be restored ({describe_error(e)}); it is "
+          f"corrupted or from another config: delete that directory to start this phase again") from e
 
   def close(self):
     self._mgr.close()
@@ -122,15 +131,31 @@ def has_variables(directory: str) -> bool:
   return os.path.exists(os.path.join(directory, "meta.json"))
 
 
-def load_variables(directory: str, target: Any, expect_meta: dict | None = None) -> Any:
-  """Restores variables saved by `save_variables`, checking `meta` against `expect_meta`."""
+def read_meta(directory: str) -> dict:
+  """The `meta.json` of a `save_variables` directory; CheckpointError (one line) if it is missing or
+  unreadable."""
   directory = os.path.abspath(directory)
   meta_path = os.path.join(directory, "meta.json")
   if not os.path.exists(meta_path):
     raise CheckpointError(f"no checkpoint in {directory}; run the phase that writes it first "
                           "(e.g. python -m launch.train --config=... --workdir=...)")
-  with open(meta_path) as f:
-    meta = json.load(f)
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if not isinstance(meta, dict):
+      raise ValueError("not a JSON object")
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{meta_path} is unreadable ({describe_error(e)}); delete {directory} to "
+                          "recompute it") from None
+  return meta
+
+
+def load_variables(directory: str, target: Any, expect_meta: dict | None = None,
+                   with_meta: bool = False) -> Any:
+  """Restores variables saved by `save_variables`, checking `meta` against `expect_meta`.
+  With `with_meta`, returns (variables, meta)."""
+  directory = os.path.abspath(directory)
+  meta = read_meta(directory)
   for k, v in (expect_meta or {}).items():
     if k in meta and json.dumps(meta[k]) != json.dumps(v):
       raise CheckpointError(
@@ -139,9 +164,9 @@ def load_variables(directory: str, target: Any, expect_meta: dict | None = None)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
     with _quiet_failed_restore():
-      return ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"), abstract)
+      variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"), abstract)
   except Exception as e:
     raise CheckpointError(
-        f"checkpoint {directory} could not be restored ({type(e).__name__}: "
-        f"{str(e).splitlines()[0][:200]}); it is corrupted or from another model: delete it to "
-        "recompute") from e
+        f"checkpoint {directory} could not be restored ({describe_error(e)}); it is corrupted or from "
+        "another model: delete it to recompute") from e
+  return (variables, meta) if with_meta else variables

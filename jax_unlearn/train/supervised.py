@@ -1,15 +1,17 @@
-"""Supervised training of the original and retrain models (SPEC §1.8).
+"""Supervised training of the original and retrain models (SPEC §1.8 of the project notes).
 
 The step is a pure function `train_step(state, batch, key) -> (state, metrics)`, jitted, with the
-batch sharded along the 'data' axis of a device mesh and the state replicated. `fit` is the loop:
-seeded shuffling per epoch, per-step keys from `fold_in(key, step)`, an orbax checkpoint every
-epoch (resume from it), selection of the best epoch by validation accuracy, and a NaN/inf guard.
+batch sharded along the 'data' axis of a device mesh and the state replicated. `fit` runs it through the
+one resumable loop (`train.loop.run_chunks`): seeded shuffling per epoch, per-step keys from
+`fold_in(key, step)`, an orbax checkpoint every epoch, selection of the best epoch by validation
+accuracy, and the NaN/inf guard. `fit_or_load` caches the finished model in a directory named by the
+fingerprint of everything it depends on (data content, recipe, model, key), so a changed config never
+reuses a stale model.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any, Callable
@@ -17,25 +19,26 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 import optax
-from flax.training import train_state
 
-from jax_unlearn import data as data_lib
-from jax_unlearn.errors import NumericalError
-from jax_unlearn.io import atomic_write_json, read_json_list
+from jax_unlearn.data.augment import augment as augment_images
+from jax_unlearn.data.normalize import normalize
+from jax_unlearn.data.pipeline import batches, num_batches
 from jax_unlearn.models import init_variables
-from jax_unlearn.train import sharding
-from jax_unlearn.train.checkpoint import Checkpointer
+from jax_unlearn.train import fingerprint, sharding
+from jax_unlearn.train.checkpoint import has_variables, load_variables, save_variables
 from jax_unlearn.train.evaluate import accuracy
+from jax_unlearn.train.loop import finite_guard, run_chunks
+from jax_unlearn.train.steps import TrainState, cross_entropy, sgd_step
 
+__all__ = ["TrainState", "make_optimizer", "create_train_state", "cross_entropy", "train_step", "fit",
+           "fit_or_load", "recipe", "default_train_config", "default_recipe", "DEFAULT_BATCH_SIZE",
+           "FORMAT_VERSION"]
 
-class TrainState(train_state.TrainState):
-  batch_stats: Any = None
-
-  @property
-  def variables(self) -> dict:
-    return {"params": self.params, "batch_stats": self.batch_stats}
+# Version of what `fit_or_load` stores (state layout, selection rule); part of the fingerprint.
+FORMAT_VERSION = 2
+RECIPE_FIELDS = ("epochs", "lr", "momentum", "weight_decay", "milestones", "gamma", "batch_size")
 
 
 def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -47,14 +50,33 @@ def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformat
                      optax.sgd(schedule, momentum=float(train_cfg.momentum)))
 
 
+def default_train_config() -> ml_collections.ConfigDict:
+  """`config.train`: the supervised recipe of the original (and retrain, shadow) models."""
+  return ml_collections.ConfigDict(dict(epochs=30, lr=0.05, momentum=0.9, weight_decay=1e-4,
+                                        milestones=(20,), gamma=0.1))
+
+
+DEFAULT_BATCH_SIZE = 64  # config.batch_size: the supervised training batch
+
+
+def default_recipe() -> ml_collections.ConfigDict:
+  """`recipe(default_train_config(), DEFAULT_BATCH_SIZE)`."""
+  return recipe(default_train_config(), DEFAULT_BATCH_SIZE)
+
+
+def recipe(train_cfg, batch_size: int | None = None) -> ml_collections.ConfigDict:
+  """The training recipe `fit` reads (`config.train` plus the supervised batch size)."""
+  d = {k: train_cfg[k] for k in RECIPE_FIELDS if k in train_cfg}
+  if batch_size is not None:
+    d["batch_size"] = int(batch_size)
+  d["milestones"] = tuple(int(m) for m in d.get("milestones", ()))
+  return ml_collections.ConfigDict(d)
+
+
 def create_train_state(model, key, image_shape, tx) -> TrainState:
   variables = init_variables(model, key, (1,) + tuple(image_shape))
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}))
-
-
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 @functools.partial(jax.jit, static_argnames=("augment",), donate_argnums=(0,))
@@ -63,93 +85,97 @@ def train_step(state: TrainState, batch: dict, key, mean, std, augment: bool = F
   run on device. Returns the new state and {'loss', 'accuracy'} (accuracy as a fraction)."""
   images = batch["image"]
   if augment:
-    images = data_lib.augment(key, images)
-  x = data_lib.normalize(images, mean, std)
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
-                                     train=True, mutable=["batch_stats"])
-    return cross_entropy(logits, batch["label"]), (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    images = augment_images(key, images)
+  state, loss, logits = sgd_step(state, normalize(images, mean, std), batch["label"])
   acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   return state, {"loss": loss, "accuracy": acc}
 
 
 @flax.struct.dataclass
-class _Checkpoint:
+class _FitState:
   state: TrainState
   best: dict
   best_acc: jax.Array
-  epoch: jax.Array
 
 
 def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
-def _finite(tree) -> bool:
-  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
-
-
-def fit(model, train: data_lib.Split, val: data_lib.Split, info, train_cfg, key, ckpt_dir: str,
-        log: Callable[[str], None] = print, name: str = "train", seed: int = 0):
+def fit(model, train, val, info, train_cfg, key, ckpt_dir: str | None,
+        log: Callable[[str], None] = print, name: str = "train", seed: int = 0,
+        fingerprint_desc: dict | None = None):
   """Trains `model` from a fresh initialisation drawn from `key`; returns (best variables, history).
 
   Resumes from the newest checkpoint in `ckpt_dir` if there is one; the run continues exactly as an
   uninterrupted one would (shuffling is a function of (seed, epoch), step keys of the step number).
+  `fingerprint_desc` is recorded beside the checkpoint and checked on resume (`train.loop`).
   """
   bs = int(train_cfg.batch_size)
-  sharding.check_batch_size(bs, field="--config.train.batch_size")
-  steps_per_epoch = data_lib.num_batches(len(train), bs, drop_remainder=True)
+  sharding.check_batch_size(bs, field="--config.batch_size")
+  steps_per_epoch = num_batches(len(train), bs, drop_remainder=True)
   tx = make_optimizer(train_cfg, steps_per_epoch)
   init_key, step_key = jax.random.split(key)
   state = create_train_state(model, init_key, info.image_shape, tx)
   # `train_step` donates the state's buffers, so the best variables are always a copy.
-  ck = _Checkpoint(state=state, best=_copy(state.variables), best_acc=jnp.asarray(-1.0),
-                   epoch=jnp.asarray(0))
-  ckptr = Checkpointer(ckpt_dir)
-  history = []
-  # The per-epoch history is JSON next to the orbax steps (written after each save), so a resumed
-  # run reports the same history as an uninterrupted one, not only the epochs after the restart.
-  history_path = os.path.join(ckptr.directory, "history.json")
-  if ckptr.latest_step() is not None:
-    ck = ckptr.restore(ck)
-    history = [h for h in read_json_list(history_path) if h["epoch"] <= int(ck.epoch)]
-    log(f"[{name}] resumed from epoch {int(ck.epoch)} (best val acc {float(ck.best_acc):.2f}%)")
-  ck = sharding.replicate(ck)
-  state = ck.state
+  fs = _FitState(state=state, best=_copy(state.variables), best_acc=jnp.asarray(-1.0))
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
   t0 = time.time()
-  for epoch in range(int(ck.epoch), int(train_cfg.epochs)):
-    losses, accs = [], []
-    for batch in data_lib.batches(train, bs, seed=seed, epoch=epoch):
+
+  def epoch_fn(fs: _FitState, epoch: int):
+    state, losses, accs = sharding.replicate(fs.state), [], []
+    for batch in batches(train, bs, seed=seed, epoch=epoch):
       k = jax.random.fold_in(step_key, int(state.step))
       state, m = train_step(state, sharding.shard_batch(batch), k, mean, std, augment=info.augment)
-      losses.append(m["loss"]); accs.append(m["accuracy"])
+      losses.append(m["loss"])
+      accs.append(m["accuracy"])
     loss = float(jnp.mean(jnp.stack(losses)))
-    if not np.isfinite(loss) or not _finite(state.params):
-      raise NumericalError(
-          f"[{name}] loss became {loss} at epoch {epoch + 1} (step {int(state.step)}); " +
-          (f"the last good checkpoint (epoch {int(ck.epoch)}) is kept in {ckptr.directory}"
-           if int(ck.epoch) else "no checkpoint was written yet") +
-          ": lower --config.train.lr and run the same command again")
     val_acc = accuracy(model, state.variables, val, info)
-    best, best_acc = ck.best, float(ck.best_acc)
+    best, best_acc = fs.best, float(fs.best_acc)
     if val_acc > best_acc:
       best, best_acc = _copy(state.variables), val_acc
-    ck = _Checkpoint(state=state, best=best, best_acc=jnp.asarray(best_acc),
-                     epoch=jnp.asarray(epoch + 1))
     rec = {"epoch": epoch + 1, "loss": loss, "train_acc": 100 * float(jnp.mean(jnp.stack(accs))),
            "val_acc": val_acc, "elapsed_s": time.time() - t0}
-    history.append(rec)
-    # History first, then the state: a kill between the two leaves an extra history entry that the
-    # resume drops (epoch > restored epoch), never a missing one.
-    atomic_write_json(history_path, history)
-    ckptr.save(epoch + 1, ck)
-    log(f"[{name}] epoch {epoch + 1}/{train_cfg.epochs} loss {loss:.4f} train {rec['train_acc']:.1f}% "
-        f"val {val_acc:.2f}% ({rec['elapsed_s']:.1f}s)")
-  ckptr.close()
-  best = jax.device_get(ck.best)
-  return best, {"history": history, "best_val_acc": float(ck.best_acc)}
+    return _FitState(state=state, best=best, best_acc=jnp.asarray(best_acc)), rec
+
+  epochs = int(train_cfg.epochs)
+  fs, history = run_chunks(
+      epoch_fn, fs, epochs, phase=name, ckpt_dir=ckpt_dir, fingerprint=fingerprint_desc,
+      guard=finite_guard(("loss",), check=lambda f: f.state.params),
+      fix=f"lower --config.train.lr and run the same command again ({name} training)",
+      progress=lambda i, r: (f"[{name}] epoch {i + 1}/{epochs} loss {r['loss']:.4f} train "
+                             f"{r['train_acc']:.1f}% val {r['val_acc']:.2f}%"), log=log)
+  return jax.device_get(fs.best), {"history": history, "best_val_acc": float(fs.best_acc)}
+
+
+def describe_fit(model_cfg, train, val, train_cfg, key, kind: str) -> dict:
+  """What a model trained by `fit` depends on: the data by content, the recipe, the model config,
+  the init/step key and the format version."""
+  return fingerprint.describe(kind=kind, version=FORMAT_VERSION, data=fingerprint.split_digest(train, val),
+                              recipe=recipe(train_cfg).to_dict(), model=model_cfg,
+                              key=fingerprint.array_digest(key))
+
+
+def fit_or_load(model, model_cfg, train, val, info, train_cfg, key, parent: str, tag: str, *,
+                name: str, seed: int = 0, log: Callable[[str], None] = print) -> tuple[Any, dict]:
+  """Trains `model` on (train, val) into `parent/<tag>-<fingerprint>/`, or loads it from there.
+
+  Returns (variables, info) with info = {'history', 'best_val_acc', 'train_s', 'directory',
+  'fingerprint', 'cached'}; the stored info of a cached model is returned as it was measured."""
+  desc = describe_fit(model_cfg, train, val, train_cfg, key, name)
+  directory = fingerprint.tagged(parent, tag, desc)
+  final = os.path.join(directory, "final")
+  meta = {"model": model_cfg, "image_shape": list(info.image_shape), "num_classes": info.num_classes}
+  target = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), (1,) + tuple(info.image_shape)))
+  if has_variables(final):
+    variables, stored = load_variables(final, target, meta, with_meta=True)
+    out = dict(stored.get("info", {}))
+    out.update(directory=directory, fingerprint=fingerprint.digest(desc), cached=True)
+    return variables, out
+  t0 = time.time()
+  variables, hist = fit(model, train, val, info, train_cfg, key, os.path.join(directory, "ckpt"), log=log,
+                        name=name, seed=seed, fingerprint_desc=desc)
+  out = {**hist, "train_s": time.time() - t0}
+  save_variables(final, variables, {**meta, "fingerprint": desc, "info": out})
+  out.update(directory=directory, fingerprint=fingerprint.digest(desc), cached=False)
+  return variables, out

@@ -1,0 +1,160 @@
+"""The equations of data-free unlearning by distillation (ISPF, Zhang et al. AAAI'25), as pure functions.
+
+Generator losses (DFQ, Eq. 2-5 and Eq. 7 of ISPF), the sample filters (GKT's PreFilter, BlockF), the
+distillation targets (PostFilter, Eq. 8-9; PD, App. I), the masked KL and the retain entropy (Eq. 11).
+`forget_mask` is always a [K] bool vector of the classes in F. The engine that runs them is
+`methods.distill`; these are re-exported there.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["bn_statistics_loss", "one_hot_loss", "balance_loss", "activation_loss", "adversarial_loss",
+           "inhibited_synthesis_loss", "postfilter_row", "postfilter", "pd_teacher_probs",
+           "prefilter_mask", "blockf_mask", "masked_kl", "retain_entropy", "cosine_lr"]
+
+# ----------------------------------------------------------------------------------------------------
+# Losses, filters and targets (pure functions; `forget_mask` is a [K] bool vector of the classes in F).
+
+def bn_statistics_loss(stats) -> jax.Array:
+  """L_BN of DFQ/DeepInversion (SPEC §1.3, §3): Σ_l ‖σ²_l − v_l‖₂ + ‖μ_l − m_l‖₂.
+
+  `stats` is a list of (input mean μ_l, input *biased* variance σ²_l, running mean m_l, running var v_l),
+  one per teacher BatchNorm (`models.bn_input_stats`). The norms are plain (unsquared) L2 norms as in the
+  reference hook; `optax.safe_norm` keeps the gradient finite when a gap is exactly zero.
+  """
+  total = jnp.zeros((), jnp.float32)
+  for mean, var, run_mean, run_var in stats:
+    total = total + optax.safe_norm(run_var - var, 0.0) + optax.safe_norm(run_mean - mean, 0.0)
+  return total
+
+
+def one_hot_loss(t_logits) -> jax.Array:
+  """L_oh (SPEC §1.3): mean_b CE(z^T_b, argmax z^T_b), the instance-entropy term of DFQ."""
+  labels = jnp.argmax(t_logits, -1)
+  return optax.softmax_cross_entropy_with_integer_labels(t_logits, labels).mean()
+
+
+def balance_loss(t_logits) -> jax.Array:
+  """L_bal (SPEC §1.3): Σ_c p̄_c log p̄_c with p̄ the batch-mean teacher softmax (negative entropy)."""
+  p_bar = jax.nn.softmax(t_logits, -1).mean(0)
+  return jnp.sum(jax.scipy.special.xlogy(p_bar, p_bar))
+
+
+def activation_loss(t_features) -> jax.Array:
+  """L_act (SPEC §1.3, DAFL): −mean |f^T| of the teacher's penultimate features (weight 0 in ISPF)."""
+  return -jnp.mean(jnp.abs(t_features))
+
+
+def _kl_terms(t_logits, s_logits):
+  """Element-wise k_bc = p^T_bc (log p^T_bc − log p^S_bc), as `F.kl_div(log p^S, p^T, 'none')`."""
+  p_t = jax.nn.softmax(t_logits, -1)
+  return jax.scipy.special.xlogy(p_t, p_t) - p_t * jax.nn.log_softmax(s_logits, -1)
+
+
+def adversarial_loss(t_logits, s_logits) -> jax.Array:
+  """L_adv of DFKD/GKT/PF/BlockF (SPEC §1.3): −KL(p^T ‖ p^S), T = 1, batchmean.
+
+  Minimising it makes the generator seek samples on which student and teacher disagree (Eq. 2–5).
+  """
+  return -jnp.sum(_kl_terms(t_logits, s_logits)) / t_logits.shape[0]
+
+
+def inhibited_synthesis_loss(t_logits, s_logits, forget_mask) -> jax.Array:
+  """Inhibited Synthesis, Eq. 7 of ISPF in its code form (SPEC §1.3).
+
+  L_adv^IS = (1/B) Σ_b [ Σ_{c∈F} k_bc − Σ_{c∈R} k_bc ],  k_bc = p^T_bc (log p^T_bc − log p^S_bc).
+
+  The generator still maximises the teacher–student gap on retained classes, but *minimises* it on the
+  forget classes; since the student's forget probability stays tiny, this drives the teacher's forget
+  probability (and hence forget-class synthesis) down. Gradients flow through both networks.
+  """
+  k = _kl_terms(t_logits, s_logits)
+  signed = jnp.where(jnp.asarray(forget_mask, bool)[None, :], k, -k)
+  return jnp.sum(signed) / t_logits.shape[0]
+
+
+def postfilter_row(z, forget_mask, tau, gated=True) -> jax.Array:
+  """PostFilter on one row of teacher logits, Eq. 8–9 of ISPF as implemented (SPEC §1.5.3).
+
+  With m = min_c z_c and M_c = [c ∈ F] ∧ [p_c > τ] (gate, reference code; M_c = [c ∈ F] if not gated):
+    Δ = Σ_c M_c (z_c − m)                  (Eq. 8)
+    z̃_c = z_c + Δ / (K − |F|)  for c ∈ R   (Eq. 9)
+    z̃_c = m                   where M_c    (forget logits not selected by the gate are unchanged).
+  The retained logits all move by one constant, so softmax restricted to R is unchanged.
+  """
+  forget_mask = jnp.asarray(forget_mask, bool)
+  p = jax.nn.softmax(z, -1)
+  m = jnp.min(z)
+  sel = forget_mask & jnp.where(jnp.asarray(gated), p > tau, True)
+  delta = jnp.sum(jnp.where(sel, z - m, 0.0))
+  n_retain = z.shape[-1] - jnp.sum(forget_mask)
+  z_tilde = jnp.where(forget_mask, z, z + delta / n_retain)
+  return jnp.where(sel, m, z_tilde)
+
+
+postfilter = jax.vmap(postfilter_row, in_axes=(0, None, None, None))
+postfilter.__doc__ = "`postfilter_row` over the rows of [B, K] teacher logits (Eq. 8–9 of ISPF)."
+
+
+def pd_teacher_probs(t_logits, forget_mask, tau=0.0, gated=False) -> jax.Array:
+  """PD target (App. I of ISPF, SPEC §1.5.4): zero the forget probabilities and renormalise.
+
+  p̃_c = p^T_c [c ∈ R] / Σ_{r∈R} p^T_r, i.e. softmax with forget logits set to −∞. Ungated by default (the
+  paper describes PD as unconditional); `gated=True` zeroes only forget entries with p^T_c > τ. Pair it
+  with `masked_kl(..., target_is_probs=True)`, which uses xlogy so that 0·log 0 = 0.
+  """
+  forget_mask = jnp.asarray(forget_mask, bool)
+  drop = forget_mask[None, :] & jnp.where(jnp.asarray(gated), jax.nn.softmax(t_logits, -1) > tau, True)
+  # The softmax over the kept logits: renormalising p after zeroing would be 0/0 = NaN once every
+  # kept probability underflows (a logit gap of ~104 in float32).
+  return jax.nn.softmax(jnp.where(drop, -jnp.inf, t_logits), -1)
+
+
+def prefilter_mask(t_logits, forget_mask, tau) -> jax.Array:
+  """GKT PreFilter (SPEC §1.5.1): keep row b iff p^T_bf < τ (strict) for every forget class f."""
+  p = jax.nn.softmax(t_logits, -1)
+  ok = jnp.where(jnp.asarray(forget_mask, bool)[None, :], p < tau, True)
+  return jnp.all(ok, -1)
+
+
+def blockf_mask(t_logits, forget_mask) -> jax.Array:
+  """BlockF (SPEC §1.5.2): keep row b iff argmax_c z^T_bc ∉ F."""
+  return ~jnp.asarray(forget_mask, bool)[jnp.argmax(t_logits, -1)]
+
+
+def masked_kl(t_logits_or_probs, s_logits, mask=None, target_is_probs=False) -> jax.Array:
+  """KL(p^T ‖ p^S) with T = 1, `batchmean` over the kept rows only (SPEC §1.4 step 6, §1.12).
+
+  (1/N_kept) Σ_{b kept} Σ_c p_bc (log p_bc − log p^S_bc); the target is logits (softmaxed here) or, with
+  `target_is_probs`, probabilities (PD). An empty mask gives 0 (the caller skips such steps anyway).
+  """
+  p = t_logits_or_probs if target_is_probs else jax.nn.softmax(t_logits_or_probs, -1)
+  row = jnp.sum(jax.scipy.special.xlogy(p, p) - p * jax.nn.log_softmax(s_logits, -1), -1)
+  if mask is None:
+    return row.mean()
+  m = mask.astype(row.dtype)
+  return jnp.sum(row * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def retain_entropy(t_logits, forget_mask, mask=None) -> jax.Array:
+  """Eq. 11 of ISPF (SPEC §1.9): H = −Σ_{b kept} Σ_{c∈R} q_bc log q_bc, q_b = softmax over retain logits.
+
+  Summed (not averaged) over the N samples taking part in distillation, as the reference's `entropy()`.
+  The PostFilter shift leaves q unchanged, so raw teacher logits are used.
+  """
+  q = jax.nn.softmax(jnp.where(jnp.asarray(forget_mask, bool)[None, :], -jnp.inf, t_logits), -1)
+  h = -jnp.sum(jax.scipy.special.xlogy(q, q), -1)
+  return jnp.sum(h if mask is None else h * mask.astype(h.dtype))
+
+
+def cosine_lr(lr, eta_min, t_max, t) -> jax.Array:
+  """PyTorch `CosineAnnealingLR` closed form: η_min + (η_0 − η_min)(1 + cos(π t / T_max)) / 2.
+
+  `t` counts scheduler steps, taken once per post-warm-up epoch (SPEC §1.4 step 8; T_max = 200 in the
+  reference whatever the number of epochs).
+  """
+  return eta_min + (lr - eta_min) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.asarray(t, jnp.float32) / t_max))
