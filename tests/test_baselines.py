@@ -60,7 +60,7 @@ def _ctx(setup, method, key=0, mode="class", **over):
   cfg.update({**SMALL[method], **over})
   config[method] = cfg
   udata = data_lib.make_unlearn_data(ds, forget, seed=0)
-  return base.UnlearnContext(config=config, model=model, original=original, data=udata,
+  return base.context(method, config, model=model, original=original, data=udata,
                              key=jax.random.key(key), workdir="/nonexistent", log=lambda s: None,
                              forget_classes=(3,) if mode == "class" else (), num_classes=10)
 
@@ -108,17 +108,26 @@ def test_default_configs_are_the_reference_recipes():
               32, 25, 0.1, 0.1, 80, 500, 32, 1e-4, 128, 1e-4)
 
 
+def _validate(ctx, name):
+  """The method's config contract, as `config.validate` calls it before any work."""
+  problem = base.Problem(info=ctx.data.info, forget_mode=ctx.forget_mode,
+                         forget_classes=ctx.forget_classes)
+  base.spec(name).validate_config(ctx.cfg, problem)
+
+
 def test_config_errors(setup):
   with pytest.raises(ConfigError, match="finetune, bad_teacher, amnesiac"):
-    unsir.run(_ctx(setup, "unsir", mode="random"))
+    _validate(_ctx(setup, "unsir", mode="random"), "unsir")
   with pytest.raises(ConfigError, match="batch_size"):
-    amnesiac.run(_ctx(setup, "amnesiac", batch_size=0))
+    _validate(_ctx(setup, "amnesiac", batch_size=0), "amnesiac")
   with pytest.raises(ConfigError, match="optimizer"):
-    finetune.run(_ctx(setup, "finetune", optimizer="rmsprop"))
+    _validate(_ctx(setup, "finetune", optimizer="rmsprop"), "finetune")
   with pytest.raises(ConfigError, match="retain_fraction"):
-    bad_teacher.run(_ctx(setup, "bad_teacher", retain_fraction=1.5))
+    _validate(_ctx(setup, "bad_teacher", retain_fraction=1.5), "bad_teacher")
   with pytest.raises(ConfigError, match="noise_rows_per_copy"):
-    unsir.run(_ctx(setup, "unsir", noise_rows_per_copy=33))
+    _validate(_ctx(setup, "unsir", noise_rows_per_copy=33), "unsir")
+  with pytest.raises(ConfigError, match="unknown field --config.finetune.epoch"):
+    _ctx(setup, "finetune", epoch=3)
 
 
 def test_unsir_noise_rows_per_copy(setup):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from jax_unlearn.methods import base
 from jax_unlearn import api, config as config_lib, data
 from jax_unlearn.train import sharding, supervised
 
@@ -26,7 +27,7 @@ def test_config_validates(name, arg):
   c = _get(name, arg)
   config_lib.validate(c)
   assert c.dataset.name in data.DATASETS
-  assert set(config_lib.parse_methods(c.methods)) <= set(config_lib.ALL_METHODS)
+  assert set(config_lib.parse_methods(c.methods)) <= set(base.names())
 
 
 def test_vit_configs_carry_the_reference_vit_settings():
@@ -51,7 +52,7 @@ def test_paper_config_one_train_step_on_mock_data(name):
   info = setup.info
   assert info.image_shape == (32, 32, 3)
   assert info.num_classes == {"cifar100": 100, "cifar20": 20}.get(c.dataset.name, 10)
-  tcfg = api.train_config(c)
+  tcfg = supervised.recipe(c.train, c.batch_size)
   state = supervised.create_train_state(setup.model, jax.random.key(0), info.image_shape,
                                         supervised.make_optimizer(tcfg, 10))
   batch = next(data.batches(setup.dataset.train, 4, seed=0))

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from jax_unlearn.errors import ConfigError
-from jax_unlearn.methods import base, distill
+from jax_unlearn.methods import base, data_free, distill
 from jax_unlearn.models import AllCNN, BatchNorm, bn_input_stats, create_generator, init_variables
+from jax_unlearn.report import method_plots
 
 K = 10
 FORGET = (3,)
@@ -425,7 +426,7 @@ def _ctx(tmp_path, name, forget=FORGET, **ispf):
   config = ml_collections.ConfigDict({"ispf": _cfg(**ispf)})
   info = types.SimpleNamespace(num_classes=K, image_shape=SHAPE, mean=MEAN, std=STD, name="fake")
   lines = []
-  return base.UnlearnContext(config=config, model=model, original=tv, data=types.SimpleNamespace(info=info),
+  return base.context("ispf", config, model=model, original=tv, data=types.SimpleNamespace(info=info),
                              key=jax.random.key(7), workdir=str(tmp_path / name), log=lines.append,
                              forget_classes=forget, num_classes=K), lines
 
@@ -440,6 +441,7 @@ def test_every_strategy_is_registered():
 def test_strategy_runs_end_to_end(tmp_path, name):
   ctx, lines = _ctx(tmp_path, name, plots=(name == "ispf"), loops_per_epoch=1, kd_steps=2)
   res = base.get(name)(ctx)
+  method_plots.write(ctx.workdir, res, name)  # what api.run_method does after a method
   chex.assert_trees_all_equal_shapes_and_dtypes(res.variables, ctx.original)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(res.variables))
   with open(os.path.join(ctx.workdir, "diagnostics.jsonl")) as fh:
@@ -457,17 +459,30 @@ def test_strategy_runs_end_to_end(tmp_path, name):
     assert os.path.getsize(os.path.join(ctx.workdir, "synthetic_samples.png")) > 0
 
 
-def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
-  small = dict(loops_per_epoch=1, kd_steps=2)
-  full = distill.run_strategy(_ctx(tmp_path, "full", epochs=2, **small)[0], distill.STRATEGIES["ispf"])
-  first, _ = _ctx(tmp_path, "resumed", epochs=1, checkpoint_every=1, **small)
-  distill.run_strategy(first, distill.STRATEGIES["ispf"])      # warm-up + 1 epoch, checkpointed
-  again, lines = _ctx(tmp_path, "resumed", epochs=2, checkpoint_every=1, **small)
-  res = distill.run_strategy(again, distill.STRATEGIES["ispf"])  # resumes at epoch 2, runs epoch 3
-  assert any("resumed at epoch 2" in line for line in lines) and len(lines) == 2
-  chex.assert_trees_all_close(res.variables, full.variables, rtol=1e-6, atol=1e-7)
-  with open(os.path.join(again.workdir, "diagnostics.jsonl")) as fh:
-    assert [json.loads(line)["epoch"] for line in fh] == [1, 2, 3]
+def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+  small = dict(loops_per_epoch=1, kd_steps=2, epochs=2)
+  full = data_free.run_strategy(_ctx(tmp_path, "full", **small)[0], distill.STRATEGIES["ispf"])
+  first, _ = _ctx(tmp_path, "resumed", **small)
+  calls = []
+  real = data_free.run_epoch
+
+  def interrupted(*a):  # a kill after warm-up + 1 epoch (checkpointed every epoch by default)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    calls.append(1)
+    return real(*a)
+  monkeypatch.setattr(data_free, "run_epoch", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    data_free.run_strategy(first, distill.STRATEGIES["ispf"])
+  monkeypatch.setattr(data_free, "run_epoch", real)
+  again, lines = _ctx(tmp_path, "resumed", **small)
+  res = data_free.run_strategy(again, distill.STRATEGIES["ispf"])  # resumes at epoch 2, runs epoch 3
+  assert any("resumed at epoch 2/3" in line for line in lines) and len(lines) == 2
+  chex.assert_trees_all_equal(res.variables, full.variables)
+  assert [r["epoch"] for r in res.artifacts["diagnostics"]] == [1, 2, 3]
+  assert res.artifacts["diagnostics"][:2] == [
+      {**r, "time_s": r2["time_s"]} for r, r2 in zip(full.artifacts["diagnostics"][:2],
+                                                     res.artifacts["diagnostics"][:2])]
 
 
 def test_best_retain_test_selection_is_opt_in_and_logged(tmp_path):
@@ -477,9 +492,8 @@ def test_best_retain_test_selection_is_opt_in_and_logged(tmp_path):
       images=rng.rand(n, *SHAPE).astype(np.float32), labels=np.asarray(labels, np.int32))
   ctx.data.retain_test = split(20, [0, 1, 2, 4, 5] * 4)
   ctx.data.forget_test = split(4, [3] * 4)
-  res = distill.run_strategy(ctx, distill.STRATEGIES["pf"])
-  with open(os.path.join(ctx.workdir, "diagnostics.jsonl")) as fh:
-    recs = [json.loads(line) for line in fh]
+  res = data_free.run_strategy(ctx, distill.STRATEGIES["pf"])
+  recs = res.artifacts["diagnostics"]
   assert "retain_test_acc" not in recs[0]  # warm-up epochs are never evaluated
   accs = [r["retain_test_acc"] for r in recs[1:]]
   assert len(accs) == 2 and res.info["best_retain_test_acc"] == max(accs)
@@ -490,21 +504,19 @@ def test_best_retain_test_selection_is_opt_in_and_logged(tmp_path):
   ctx2, _ = _ctx(tmp_path, "sel_dfkd", selection="best_retain_test", epochs=2, loops_per_epoch=1,
                  kd_steps=2)
   ctx2.data.retain_test, ctx2.data.forget_test = ctx.data.retain_test, ctx.data.forget_test
-  res2 = distill.run_strategy(ctx2, distill.STRATEGIES["dfkd"])
-  with open(os.path.join(ctx2.workdir, "diagnostics.jsonl")) as fh:
-    recs2 = [json.loads(line) for line in fh]
+  res2 = data_free.run_strategy(ctx2, distill.STRATEGIES["dfkd"])
+  recs2 = res2.artifacts["diagnostics"]
   assert res2.info["best_retain_test_acc"] == max(r["test_acc"] for r in recs2[1:])
   assert (res.info["selection_metric"], res2.info["selection_metric"]) == ("retain_test_acc", "test_acc")
 
 
 def test_config_errors(tmp_path):
-  ctx, _ = _ctx(tmp_path, "bad")
-  ctx.config.ispf.selectoin = "final"
   with pytest.raises(ConfigError, match="selectoin"):
-    distill.run_strategy(ctx, distill.STRATEGIES["ispf"])
+    _ctx(tmp_path, "bad", selectoin="final")
   ctx, _ = _ctx(tmp_path, "noforget", forget=())
+  problem = base.Problem(info=ctx.data.info, forget_mode="class", forget_classes=())
   with pytest.raises(ConfigError, match="forget"):
-    distill.run_strategy(ctx, distill.STRATEGIES["gkt"])
+    data_free.validate_config(ctx.cfg, problem, distill.STRATEGIES["gkt"])
   ctx, _ = _ctx(tmp_path, "sel", selection="best_retain_test")
   with pytest.raises(ConfigError, match="test split"):
-    distill.run_strategy(ctx, distill.STRATEGIES["ispf"])
+    data_free.run_strategy(ctx, distill.STRATEGIES["ispf"])

@@ -15,9 +15,12 @@ import pytest
 
 from jax_unlearn.data.dataset import DataInfo, Split
 from jax_unlearn.errors import ConfigError, DataError, NumericalError
+from jax_unlearn.methods import _distruction_ops as ops
 from jax_unlearn.methods import base
 from jax_unlearn.methods import distruction as D
 from jax_unlearn.optim import BGDState, bgd, bgd_expectations
+from jax_unlearn.report import method_plots
+from jax_unlearn.train import fingerprint
 
 FORGET = 3
 
@@ -81,7 +84,7 @@ def test_objectives():
   np.testing.assert_allclose(u["entropy_other"](logits, labels, None), ce_others - np.log(2.0),
                              rtol=1e-6)
   np.testing.assert_allclose(u["bad_teacher"](logits, labels, jax.nn.softmax(logits)), 0, atol=1e-6)
-  rand = D._objective_target("random_label", None, None, jax.random.key(0), None,
+  rand = ops._objective_target("random_label", None, None, jax.random.key(0), None,
                              jnp.zeros(500, jnp.int32) + 4, 10)
   assert not np.any(np.asarray(rand) == 4) and set(np.unique(rand)) == set(range(10)) - {4}
 
@@ -170,7 +173,7 @@ def _cfg(**kw):
 
 
 def _ctx(cfg, model, variables, data, workdir, key=1):
-  return base.UnlearnContext(config=cfg, model=model, original=variables, data=data,
+  return base.context("distruction", cfg, model=model, original=variables, data=data,
                              key=jax.random.key(key), workdir=str(workdir), log=lambda s: None,
                              forget_classes=(FORGET,), num_classes=10)
 
@@ -186,9 +189,10 @@ def test_prepare_keeps_mean_learns_std_and_round_trips(trained, tmp_path):
   sig = np.concatenate([np.ravel(s) for s in jax.tree.leaves(post.std)])
   assert np.all(sig > 0) and np.all(np.isfinite(sig))
   assert sig.min() < 0.05 * 0.99                                        # σ learned something
-  loaded, meta = D.load_posterior(path, variables["params"])
+  loaded, meta = D.load_posterior(path, variables["params"], with_meta=True)
   chex.assert_trees_all_equal(loaded, post)
-  assert meta["original"] == D.params_fingerprint(variables["params"]) and meta["history"]
+  assert meta["fingerprint"]["original"] == fingerprint.tree_digest(variables["params"])
+  assert meta["history"]
   # A second call reuses the stored posterior and never reads training data.
   again = D.ensure_prepared(_ctx(cfg, model, variables, _ForgetOnlyData(data), tmp_path), path)
   chex.assert_trees_all_equal(again, post)
@@ -280,11 +284,12 @@ def test_run_end_to_end_touches_forget_data_only(trained, tmp_path):
   assert result.info["forget_batch_acc_final"] <= 40.0, result.info["forget_batch_acc_final"]
   assert after_f <= 20.0, (before_f, after_f)
   assert after_r >= before_r - 5.0, (before_r, after_r)
-  with open(result.info["kl_curve_json"]) as f:
+  files = method_plots.write(str(tmp_path / "run"), result, "distruction")  # as api.run_method does
+  with open(files["kl_curve_json"]) as f:
     curve = json.load(f)
   kl = curve["kl"]["0.1"]
   assert len(kl) == cfg.distruction.forget_steps + 1 and kl[0] == 0 and kl[-1] > 0
-  assert os.path.getsize(result.info["kl_curve_png"]) > 1000
+  assert os.path.getsize(files["kl_curve_png"]) > 1000
 
 
 def test_lambda_sweep_uses_validation_and_orders_retain(trained, tmp_path):
@@ -380,7 +385,7 @@ def test_scanned_chunks_equal_a_python_loop_of_forget_steps(trained, posterior):
   src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
   dc = cfg.distruction
   step = jax.jit(jax.vmap(functools.partial(
-      D.forget_step, apply_fn=model.apply, tx=D._bgd_tx(dc.mean_eta, dc.std_init),
+      D.forget_step, apply_fn=model.apply, tx=ops.bgd_tx(dc.mean_eta, dc.std_init),
       objective=dc.objective, num_samples=dc.mc_iters, bn_mode=dc.bn_mode, vectorize=dc.vectorize,
       num_classes=10, max_std_ratio=dc.max_std_ratio),
       in_axes=(0, 0, None, None, None, None, 0, None, None, None)))
@@ -406,10 +411,10 @@ def test_forgetting_resumes_exactly_after_an_interruption(trained, posterior, tm
   calls = _interrupt_after(monkeypatch, 1)
   with pytest.raises(_Interrupt):
     _forget(trained, posterior, cfg, ckpt_dir=str(tmp_path / "b"))
-  assert calls == [10, 20]
+  assert calls == [1, 2]  # chunks of checkpoint_every = 10 steps
   monkeypatch.undo()
-  (ck,) = [p for p in (tmp_path / "b").iterdir() if p.name.startswith("forget_")]
-  assert sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == [10]
+  (ck,) = [p for p in (tmp_path / "b").iterdir() if p.name.startswith("forget-")]
+  assert sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == [1]
   q, bs, h = _forget(trained, posterior, cfg, ckpt_dir=str(tmp_path / "b"))
   chex.assert_trees_all_equal(q, want_q)
   chex.assert_trees_all_equal(bs, want_bs)
@@ -420,15 +425,15 @@ def test_forgetting_resumes_exactly_after_an_interruption(trained, posterior, tm
   src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
   D.forget(model.apply, variables, posterior, src, INFO, cfg.distruction, jax.random.key(3),
            [0.05, 0.2], log=lambda s: None, ckpt_dir=str(tmp_path / "b"))
-  assert len([p for p in (tmp_path / "b").iterdir() if p.name.startswith("forget_")]) == 2
+  assert len([p for p in (tmp_path / "b").iterdir() if p.name.startswith("forget-")]) == 2
 
 
 def test_forgetting_nan_names_the_steps_and_keeps_the_checkpoint(trained, posterior, tmp_path):
   cfg = _cfg(objective="neggrad", mean_eta=2.0, max_std_ratio=0.0, lam=0.0, checkpoint_every=5)
   model, variables, data = trained
   src = D.ForgetBatches(data.forget_train, 32, 0, (FORGET,))
-  with pytest.raises(NumericalError, match=r"between steps \d+ and \d+; (the last good checkpoint "
-                     r"\(step \d+\) is kept in|no checkpoint was written yet)"):
+  with pytest.raises(NumericalError, match=r"between forgetting steps \d+ and \d+ in chunk \d+ of \d+; "
+                     r"(the last good checkpoint \(chunk \d+\) is kept in|no checkpoint was written yet)"):
     D.forget(model.apply, variables, posterior, src, INFO, cfg.distruction, jax.random.key(3),
              log=lambda s: None, ckpt_dir=str(tmp_path))
 
@@ -446,7 +451,7 @@ def test_preparation_resumes_exactly_after_an_interruption(trained, tmp_path, mo
   logs = []
   got, got_h = D.prepare(model.apply, variables, data.train, INFO, cfg.distruction,
                          jax.random.key(5), 0, logs.append, ckpt_dir=str(tmp_path / "b"))
-  assert any("resumed the preparation at epoch 1/3" in s for s in logs), logs
+  assert any("[distruction preparation] resumed at epoch 1/3" in s for s in logs), logs
   chex.assert_trees_all_equal(got, want)
   assert got_h == want_h and [h["epoch"] for h in got_h] == [0, 1, 2]
   # ensure_prepared removes its checkpoints once the posterior file is written.
@@ -504,7 +509,7 @@ def test_iteration_selection_resumes_exactly(trained, posterior, tmp_path, monke
   calls = _interrupt_after(monkeypatch, 1)
   with pytest.raises(_Interrupt):
     _forget(trained, posterior, cfg, evaluate=val, ckpt_dir=str(tmp_path / "b"))
-  assert calls == [10, 20]  # checkpoints every checkpoint_every = 10, not at each validation step
+  assert calls == [2, 4]  # chunks end at 5, 10, 15, 20: saved every 10 steps, not at each validation
   monkeypatch.undo()
   got = _forget(trained, posterior, cfg, evaluate=val, ckpt_dir=str(tmp_path / "b"))
   chex.assert_trees_all_equal(got[:2], want[:2])
@@ -585,7 +590,7 @@ def test_random_forgetting_default_run_selects_on_forget_train(trained, tmp_path
   D.ensure_prepared(_ctx(cfg, model, variables, data, tmp_path), path)
   rdata = _RandomData(data)
   assert len(rdata.forget_val) == 0 and len(set(rdata.forget_train.labels.tolist())) == 10
-  ctx = base.UnlearnContext(config=cfg, model=model, original=variables, data=rdata,
+  ctx = base.context("distruction", cfg, model=model, original=variables, data=rdata,
                             key=jax.random.key(1), workdir=str(tmp_path / "run"), log=lambda s: None,
                             forget_classes=(), num_classes=10)
   assert ctx.forget_mode == "random"
@@ -609,7 +614,8 @@ def test_run_with_every_objective(trained, posterior, tmp_path, objective):
   """`run` end to end for every U (bad_teacher builds its random teacher inside `run`)."""
   model, variables, data = trained
   path = str(tmp_path / "post.msgpack")
-  D.save_posterior(path, posterior, D._prep_meta(_cfg().distruction, 0, variables["params"]))
+  D.save_posterior(path, posterior, {"fingerprint": D.posterior_description(
+      _cfg(posterior_path=path).distruction, 0, variables)})
   cfg = _cfg(posterior_path=path, objective=objective, forget_steps=4, checkpoint_every=2,
              select_every=2, lam_sweep=(0.5, 0.9))
   result = base.get("distruction")(_ctx(cfg, model, variables, _NoRetainTrainData(data), tmp_path))

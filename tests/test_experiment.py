@@ -42,24 +42,27 @@ def test_experiment_writes_table_and_reuses_rows_and_shadows(tmp_path):
   logs2 = []
   experiment.run(_config(), wd, log=logs2.append)
   assert any("1/2 original: cached" in m for m in logs2), logs2
-  assert any("reused the finished 2/2" in m for m in logs2), logs2
+  assert any("reused the finished run at epoch 2/2" in m for m in logs2), logs2
   with open(os.path.join(wd, "results.json")) as f:
     again = json.load(f)
   strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "info")} for r in rows]  # noqa
   assert strip(again["rows"]) == strip(table["rows"])
 
 
-def test_fast_cpu_kernels_off_keeps_the_old_hashes():
-  """`model.fast_cpu_kernels` off hashes as if the field did not exist (workdirs made before it stay
-  valid); on, it is a different configuration."""
+def test_row_fingerprint_and_shadow_dir_follow_the_config():
+  """Which methods/seeds run does not change the rows' fingerprint; a model setting does, and it
+  moves the shadows too; an AIN setting leaves the shadows where they are."""
   from configs import digits
-  from jax_unlearn import experiment
   c = digits.get_config()
-  old = digits.get_config()
-  with old.unlocked():
-    del old.model["fast_cpu_kernels"]
-  assert experiment.fingerprint(c) == experiment.fingerprint(old)
-  assert experiment.shadow_dir(c, "/w") == experiment.shadow_dir(old, "/w")
-  c.model.fast_cpu_kernels = True
-  assert experiment.fingerprint(c) != experiment.fingerprint(old)
-  assert experiment.shadow_dir(c, "/w") != experiment.shadow_dir(old, "/w")
+  other = digits.get_config()
+  other.methods = ("original",)
+  other.seed = 0
+  assert experiment.fingerprint_of(c) == experiment.fingerprint_of(other)
+  fast = digits.get_config()
+  fast.model.fast_cpu_kernels = True
+  assert experiment.fingerprint_of(fast) != experiment.fingerprint_of(c)
+  assert experiment.shadow_dir(fast, "/w") != experiment.shadow_dir(c, "/w")
+  ain = digits.get_config()
+  ain.metrics.ain_lr = 0.01
+  assert experiment.shadow_dir(ain, "/w") == experiment.shadow_dir(c, "/w")
+  assert experiment.fingerprint_of(ain) != experiment.fingerprint_of(c)

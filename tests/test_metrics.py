@@ -267,12 +267,12 @@ def test_metric_suite_end_to_end(model_vars, data):
   # The suite's shared forward passes give the same numbers as the standalone metric functions.
   assert row["mia_i"] == metrics.mia_i.mia_i(model, orig, data, max_samples=10000, seed=suite.seed)
   assert row["mia_entropy"] == mia_entropy.mia_entropy(model, orig, data, seed=suite.seed)
-  assert row["mia_ii"] == metrics.mia_ii_f1(suite.attack, model, orig, data)
+  assert row["mia_ii"] == metrics.mia_ii_f1(suite.evaluators["mia_ii"].attack, model, orig, data)
   assert row["kl_to_retrain"] == pytest.approx(
       metrics.kl_to_retrain(model, orig, retrain, data.forget_test.images, data.info), rel=1e-5)
   # Cached parts are reused: a second suite given the shadows does not retrain them.
   again = metrics.evaluate_all(model, orig, data=data, original_vars=orig, retrain_vars=retrain,
-                               shadow=suite.shadow, config=full, log=logs.append)
+                               shadow=suite.evaluators["mia_ii"].shadow, config=full, log=logs.append)
   assert again["mia_ii"] == row["mia_ii"]
   info = suite.info()
   assert info["num_shadow"] == 2 and info["relearn_steps_retrain"] == same["relearn_steps"]

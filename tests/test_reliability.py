@@ -48,6 +48,12 @@ def _run(cmd, timeout=240):
                         env={**os.environ, "PYTHONPATH": ROOT})
 
 
+def _orig(workdir: str) -> str:
+  """The (single) original-model directory of a workdir: W/original/seed0-<fingerprint>."""
+  (d,) = glob.glob(os.path.join(workdir, "original", "seed0-*"))
+  return d
+
+
 def _one_error_line(stderr: str) -> str:
   assert "Traceback" not in stderr, stderr[-3000:]
   lines = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -161,18 +167,27 @@ def test_broken_config_file_under_run_app(tmp_path, text, needle):
   assert r.returncode == 0 and "dataset digits" in r.stdout, r.stderr[-2000:]
 
 
-def test_checkpoint_of_another_model(trained, capsys):
+def test_another_model_gets_its_own_directory(trained, tmp_path):
+  """A model of another config never loads (or overwrites) the cached one: it is trained beside it."""
   w, _ = trained
+  wd = str(tmp_path / "w")
+  shutil.copytree(w, wd)
+  before = _orig(wd)
   c = _config()
   c.model.width = 0.25
-  line = _expect_user_error(lambda: api.train_original(c, w, log=lambda s: None), capsys)
-  assert "model_config" in line and "another --workdir" in line
+  setup, _, _ = api.train_original(c, wd, log=lambda s: None)
+  assert setup.original_dir != before and os.path.exists(before)
+  with pytest.raises(CheckpointError, match="model"):  # a directory's meta still guards its content
+    checkpoint.load_variables(os.path.join(before, "final"),
+                              jax.eval_shape(lambda: setup.model.init(jax.random.key(0),
+                                                                      np.zeros((1, 8, 8, 1)))),
+                              {"model": c.model.to_dict()})
 
 
 def test_corrupted_checkpoints_are_reported_without_traceback(trained, tmp_path):
   w, _ = trained
-  final = os.path.join(w, "original", "seed0", "final")
-  ckpt = os.path.join(w, "original", "seed0", "ckpt")
+  final = os.path.join(_orig(w), "final")
+  ckpt = os.path.join(_orig(w), "ckpt")
   # (a) the finished model's variables, (b) a resumable training checkpoint.
   for name, victim, drop in (("final", final, None), ("ckpt", ckpt, final)):
     wd = str(tmp_path / name)
@@ -185,8 +200,8 @@ def test_corrupted_checkpoints_are_reported_without_traceback(trained, tmp_path)
       os.truncate(f, 7)
     if drop:
       shutil.rmtree(drop.replace(w, wd))
-    extra = ("--config.train.epochs=3",) if name == "ckpt" else ()
-    r = _run(_cmd("launch.train", wd, *extra))
+    # Same config: the finished model is loaded (a), or (final removed) its last checkpoint (b).
+    r = _run(_cmd("launch.train", wd))
     assert r.returncode == 2, r.stderr[-2000:]
     line = _one_error_line(r.stderr)
     assert "could not be restored" in line and "corrupted" in line and "delete" in line, line
@@ -215,15 +230,16 @@ def test_supervised_kill_and_resume_matches_uninterrupted(trained, tmp_path):
   w_ref, m_ref = trained
   wd = str(tmp_path / "killed")
   cmd = _cmd("launch.train", wd)
-  rc = _kill_once_checkpointed(cmd, os.path.join(wd, "original", "seed0", "ckpt", "1",
+  rc = _kill_once_checkpointed(cmd, os.path.join(wd, "original", "seed0-*", "ckpt", "1",
                                                  "commit_success.txt"))
   assert rc == -signal.SIGKILL
   assert not os.path.exists(os.path.join(wd, "metrics.json"))
   r = _run(cmd)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert "resumed from epoch 1" in r.stdout
+  assert "[original] resumed at epoch 1/2" in r.stdout
   with open(os.path.join(wd, "metrics.json")) as f:
     resumed = json.load(f)
+  assert resumed.pop("directory") == _orig(wd)
   assert [h["epoch"] for h in resumed["history"]] == [1, 2]
   # Same seed, same device count: exactly the same numbers (timings aside).
   assert _strip_timing(resumed) == _strip_timing(json.loads(json.dumps(m_ref)))
@@ -242,7 +258,7 @@ def test_distill_kill_and_resume_matches_uninterrupted(trained, tmp_path):
     shutil.copytree(os.path.join(w_ref, "original"), os.path.join(wd, "original"))
     cmd = _cmd("launch.unlearn", wd, *ispf)
     if name == "killed":
-      ck = os.path.join(api.run_dir(_config(), wd, "ispf"), "distill_ckpt", "2", "commit_success.txt")
+      ck = os.path.join(api.run_dir(_config(), wd, "ispf"), "ckpt-*", "2", "commit_success.txt")
       assert _kill_once_checkpointed(cmd, ck) == -signal.SIGKILL
       assert not os.path.exists(os.path.join(wd, "metrics.json"))
     r = _run(cmd)
@@ -261,13 +277,13 @@ def test_distruction_kill_and_resume_matches_uninterrupted(trained, tmp_path):
   dis = ("--config.method=distruction", "--config.distruction.prep_epochs=3")
   out, logs = {}, {}
   for name, pattern in (("full", None),
-                        ("prep", "original/seed0/distruction_posterior_*_ckpt_*/1/commit_success.txt"),
-                        ("forget", "runs/*/distruction/forget_*/10/commit_success.txt")):
+                        ("prep", "original/seed0-*/distruction_posterior-*_ckpt/1/commit_success.txt"),
+                        ("forget", "runs/*/distruction/forget-*/1/commit_success.txt")):
     wd = str(tmp_path / name)
     shutil.copytree(os.path.join(w_ref, "original"), os.path.join(wd, "original"))
     if name == "forget":  # the posterior prepared by the uninterrupted run
-      for f in glob.glob(os.path.join(str(tmp_path / "full"), "original", "seed0", "*.msgpack")):
-        shutil.copy(f, os.path.join(wd, "original", "seed0"))
+      for f in glob.glob(os.path.join(_orig(str(tmp_path / "full")), "distruction_posterior-*")):
+        shutil.copytree(f, os.path.join(_orig(wd), os.path.basename(f)))
     cmd = _cmd("launch.unlearn", wd, *dis)
     if pattern:
       _kill_once_checkpointed(cmd, os.path.join(wd, pattern))
@@ -277,8 +293,8 @@ def test_distruction_kill_and_resume_matches_uninterrupted(trained, tmp_path):
     logs[name] = r.stdout
     with open(os.path.join(wd, "metrics.json")) as f:
       out[name] = _strip_timing(json.load(f))
-  assert "resumed the preparation at epoch 1/3" in logs["prep"], logs["prep"]
-  assert "resumed forgetting at step 10/40" in logs["forget"], logs["forget"]
+  assert "[distruction preparation] resumed at epoch 1/3" in logs["prep"], logs["prep"]
+  assert "[distruction] resumed at chunk 1/" in logs["forget"], logs["forget"]
   # Paths of the run's own plots and its forgetting wall time differ; everything else must not.
   drop = lambda m: {**m, "info": {k: v for k, v in m["info"].items()  # noqa: E731
                                   if "curve" not in k and k != "forget_s"}}
@@ -343,15 +359,15 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(trained, tmp_path):
   ds = setup.dataset
   ckpt_dir = str(tmp_path / "ckpt")
   key = api.phase_key(setup.config, "original")
-  good = api.train_config(_config(epochs=1))
+  good = supervised.recipe(_config(epochs=1).train, 64)
   supervised.fit(setup.model, ds.train, ds.val, ds.info, good, key, ckpt_dir, log=lambda s: None)
   # Same run continued with an absurd learning rate: the loss explodes in epoch 2.
-  bad = api.train_config(_config(epochs=3, lr=1e6))
+  bad = supervised.recipe(_config(epochs=3, lr=1e6).train, 64)
   with pytest.raises(NumericalError) as e:
     supervised.fit(setup.model, ds.train, ds.val, ds.info, bad, key, ckpt_dir, log=lambda s: None,
                    name="original")
   msg = str(e.value)
-  assert "[original]" in msg and "epoch 2 (step" in msg and "last good checkpoint (epoch 1)" in msg
+  assert "[original]" in msg and "in epoch 2 of 3" in msg and "last good checkpoint (epoch 1)" in msg
   assert "--config.train.lr" in msg
   assert checkpoint.Checkpointer(ckpt_dir).latest_step() == 1
   # From scratch: no checkpoint exists yet, and the message says so.
@@ -373,11 +389,11 @@ def test_distill_nan_names_epoch_and_keeps_last_good_checkpoint(trained, tmp_pat
   with pytest.raises(NumericalError) as e:
     api.unlearn(c, wd, log=lambda s: None)
   msg = str(e.value)
-  m = re.search(r"^\[ispf\] .* NaN/inf in epoch (\d) of 3 \(distillation loop\)", msg)
+  m = re.search(r"^\[ispf\] .* NaN/inf \(distillation loop\) in epoch (\d) of 3", msg)
   assert m and int(m.group(1)) >= 2, msg
   bad = int(m.group(1))
   assert f"last good checkpoint (epoch {bad - 1})" in msg and "--config.ispf.lr" in msg, msg
-  ck = os.path.join(api.run_dir(c, wd, "ispf"), "distill_ckpt")
+  (ck,) = glob.glob(os.path.join(api.run_dir(c, wd, "ispf"), "ckpt-*"))
   assert checkpoint.Checkpointer(ck).latest_step() == bad - 1
   assert not os.path.exists(os.path.join(wd, "metrics.json"))
 
@@ -391,10 +407,10 @@ def test_same_command_twice_gives_identical_metrics(trained, tmp_path):
 def test_corrupted_checkpoint_raises_checkpoint_error_in_process(trained, tmp_path):
   w, _ = trained
   d = str(tmp_path / "final")
-  shutil.copytree(os.path.join(w, "original", "seed0", "final"), d)
+  shutil.copytree(os.path.join(_orig(w), "final"), d)
   for f in glob.glob(os.path.join(d, "variables", "d", "*")):
     os.truncate(f, 3)
   setup = api.load_setup(_config())
+  target = jax.eval_shape(lambda: setup.model.init(jax.random.key(0), np.zeros((1, 8, 8, 1))))
   with pytest.raises(CheckpointError, match="corrupted"):
-    checkpoint.load_variables(d, api.abstract_variables(setup.model, setup.info),
-                              api.model_meta(setup.config, setup.info))
+    checkpoint.load_variables(d, {k: v for k, v in target.items() if k in ("params", "batch_stats")})

@@ -55,7 +55,7 @@ def test_epoch_checkpointed_run_equals_one_scan(data, reference, tmp_path, vmapp
   assert reference.losses.shape[0] % KW["epochs"] == 0
   _equal(got, one_scan)  # the same steps and keys, one epoch per scan: bit-identical
   assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == KW["epochs"]
-  assert sum("(checkpointed)" in m for m in logs) == KW["epochs"], logs
+  assert sum("[mia_ii shadows] epoch" in m for m in logs) == KW["epochs"], logs
 
 
 def _interrupted_after_epoch_1(data, d, monkeypatch):
@@ -91,7 +91,7 @@ def test_finished_checkpoint_is_reused_without_training(data, reference, tmp_pat
   logs = []
   got = mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=str(tmp_path),
                                    log=logs.append, **KW)
-  assert any("reused the finished 3/3" in m for m in logs), logs
+  assert any("reused the finished run at epoch 3/3" in m for m in logs), logs
   _equal(got, reference)
 
 
@@ -106,13 +106,13 @@ def test_nan_names_epoch_and_keeps_last_good_checkpoint(data, reference, tmp_pat
                                **{**KW, "lr": 1e12})
   msg = str(e.value)
   assert "\n" not in msg and msg.startswith("[mia_ii shadows] "), msg
-  m = re.search(rf"became (nan|inf) (at|after) step (\d+)(?: \(of {t_total}\))? in epoch 2/3", msg)
+  m = re.search(rf"became (nan|inf) (at|after) step (\d+)(?: \(of {t_total}\))? in epoch 2 of 3", msg)
   assert m and spe < int(m.group(3)) <= 2 * spe, msg  # a step of epoch 2, 1-based
   assert f"last good checkpoint (epoch 1) is kept in {d}" in msg and "shadow_lr" in msg, msg
   assert checkpoint.Checkpointer(d).latest_step() == 1
   # The kept checkpoint is still good: the sane run resumes from it and ends as the reference.
   _equal(mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=d, **KW), reference)
-  with pytest.raises(NumericalError, match="in epoch 1/3; no checkpoint was written yet"):
+  with pytest.raises(NumericalError, match="in epoch 1 of 3; no checkpoint was written yet"):
     mia_ii.train_shadow_models(TinyNet(), data, jax.random.PRNGKey(5), ckpt_dir=str(tmp_path / "n"),
                                **{**KW, "lr": 1e12})
   assert checkpoint.Checkpointer(str(tmp_path / "n")).latest_step() is None

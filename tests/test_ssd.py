@@ -267,7 +267,7 @@ def _ctx(cnn, workdir, method, forget_mode="class", **sub):
   cfg = (lfssd if method == "lfssd" else ssd).default_config()
   cfg.update(sub)
   config[method] = cfg
-  return base.UnlearnContext(config=config, model=model, original=v, data=data, key=jax.random.key(0),
+  return base.context(method, config, model=model, original=v, data=data, key=jax.random.key(0),
                              workdir=str(workdir / method), log=lambda s: None,
                              forget_classes=(3,) if forget_mode == "class" else (), num_classes=10)
 
@@ -324,7 +324,7 @@ def test_select_alpha_uses_validation(cnn, tmp_path):
 
 
 def test_config_errors(cnn, tmp_path):
-  with pytest.raises(ConfigError):
-    ssd.run(_ctx(cnn, tmp_path, "ssd", mode="fisher"))
-  with pytest.raises(ConfigError):
-    lfssd.run(_ctx(cnn, tmp_path, "lfssd", alpha=0.0))
+  with pytest.raises(ConfigError, match="fisher"):
+    ssd.validate_config(_ctx(cnn, tmp_path, "ssd", mode="fisher").cfg)
+  with pytest.raises(ConfigError, match="config.lfssd.alpha"):
+    base.spec("lfssd").validate_config(_ctx(cnn, tmp_path, "lfssd", alpha=0.0).cfg, None)

@@ -140,13 +140,15 @@ def _prep_key(seed: int):
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(b"distruction/prepare") & 0x7FFFFFFF)
 
 
-def posterior_description(cfg, seed: int, original, train_split) -> dict:
-  """What a prepared posterior depends on (its fingerprint)."""
+def posterior_description(cfg, seed: int, original) -> dict:
+  """What a prepared posterior depends on (its fingerprint): the original model's variables (whose own
+  fingerprint covers the training data it was trained on, the data the preparation reads), the
+  preparation settings and the seed. Reading it never touches training data, so forgetting with a
+  stored posterior reads the forget set only."""
   return fingerprint.describe(kind="distruction_posterior", version=FORMAT_VERSION,
                               prep={f: cfg[f] for f in PREP_FIELDS}, vectorize=cfg.vectorize,
                               seed=int(seed), original=fingerprint.tree_digest(original["params"]),
-                              batch_stats=fingerprint.tree_digest(original.get("batch_stats", {})),
-                              data=fingerprint.split_digest(train_split))
+                              batch_stats=fingerprint.tree_digest(original.get("batch_stats", {})))
 
 
 def save_posterior(directory: str, state: BGDState, meta: dict | None = None) -> None:
@@ -168,7 +170,7 @@ def posterior_dir(ctx, directory: str | None = None) -> str:
   explicit = directory or ctx.cfg.posterior_path
   if explicit:
     return os.path.abspath(explicit)
-  desc = posterior_description(ctx.cfg, int(ctx.seed), ctx.original, ctx.data.train)
+  desc = posterior_description(ctx.cfg, int(ctx.seed), ctx.original)
   return fingerprint.tagged(ctx.cache_dir or ctx.workdir, "distruction_posterior", desc)
 
 
@@ -180,7 +182,7 @@ def ensure_prepared(ctx, directory: str | None = None) -> BGDState:
   original model when run through `jax_unlearn.api`); `cfg.posterior_path` (or `directory`) names an
   exact directory instead, which must then hold a posterior of these inputs."""
   cfg, seed, log = ctx.cfg, int(ctx.seed), ctx.log
-  desc = posterior_description(cfg, seed, ctx.original, ctx.data.train)
+  desc = posterior_description(cfg, seed, ctx.original)
   directory = posterior_dir(ctx, directory)
   if has_variables(directory):
     post, meta = load_posterior(directory, ctx.original["params"], with_meta=True)

@@ -73,7 +73,11 @@ def tx_from_config(cfg, name: str, lr_field: str = "lr") -> optax.GradientTransf
 
 
 def check_positive(cfg, name: str, ints: tuple[str, ...] = (), floats: tuple[str, ...] = ()) -> None:
-  """ConfigError for a non-positive integer field (epochs, batch sizes) or a negative float (lr...)."""
+  """ConfigError for a non-positive integer field (epochs, batch sizes), a negative float (lr...) or
+  an unknown `optimizer`."""
+  if "optimizer" in cfg and str(cfg.optimizer) not in OPTIMIZERS:
+    raise ConfigError(f"unknown optimizer {cfg.optimizer!r} in config.{name}; set --config.{name}.optimizer "
+                      f"to one of: {', '.join(OPTIMIZERS)}")
   for f in ints:
     v = cfg[f]
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:

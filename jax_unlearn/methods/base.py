@@ -31,10 +31,12 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
+from jax_unlearn.configdict import merge
 from jax_unlearn.registry import Registry
+from jax_unlearn.train import supervised
 
 __all__ = ["Variables", "Problem", "UnlearnContext", "UnlearnResult", "MethodSpec", "register", "get",
-           "spec", "specs", "names", "default_table", "discover", "unregister"]
+           "spec", "specs", "names", "default_table", "discover", "unregister", "context"]
 
 Variables = dict[str, Any]
 
@@ -152,6 +154,24 @@ def default_table() -> tuple[str, ...]:
 
 def spec(name: str) -> MethodSpec:
   return _REGISTRY.get(name)
+
+
+def context(name: str, config, **fields) -> UnlearnContext:
+  """An `UnlearnContext` for method `name` from a full (or partial) experiment config: `cfg` is
+  `config.<config_key>` merged over the method's defaults (`configdict.merge`); `seed`, `forget_mode`
+  and `train_cfg` come from `config.seed`, `config.forget.mode` (else: 'class' when `forget_classes`
+  is given, 'random' otherwise) and `config.train`. `fields` are the other context fields (model,
+  original, data, key, workdir, log, forget_classes, num_classes, ...)."""
+  s = spec(name)
+  get = config.get if hasattr(config, "get") else (lambda k, d=None: d)
+  cfg = merge(s.default_config(), get(s.config_key, None), prefix=s.config_key) if s.config_key else None
+  forget = get("forget", None)
+  mode = forget.get("mode", None) if forget is not None else None
+  fields.setdefault("forget_mode", mode or ("class" if fields.get("forget_classes") else "random"))
+  fields.setdefault("seed", int(get("seed", 0) or 0))
+  if get("train", None) is not None:
+    fields.setdefault("train_cfg", supervised.recipe(get("train"), get("batch_size", None)))
+  return UnlearnContext(cfg=cfg, **fields)
 
 
 def get(name: str) -> Callable[[UnlearnContext], UnlearnResult]:

@@ -22,7 +22,6 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jax_unlearn.errors import ConfigError
@@ -167,7 +166,7 @@ def run_strategy(ctx: base.UnlearnContext, strategy: Strategy) -> base.UnlearnRe
       sel = rec["test_acc"] if strategy.clear_forget_in_generator else rec["retain_test_acc"]
       if selecting and sel > best_acc:
         best, best_acc = jax.device_get(student_variables(run)), sel
-    return _RunState(run=run, best=best, best_acc=jnp.asarray(best_acc, jnp.float32)), rec
+    return _RunState(run=run, best=best, best_acc=np.asarray(best_acc, np.float64)), rec
 
   def guard(rs, rec):
     if not (math.isfinite(rec["gen_loss"] or 0.0) and math.isfinite(rec["student_loss"] or 0.0)
@@ -176,7 +175,7 @@ def run_strategy(ctx: base.UnlearnContext, strategy: Strategy) -> base.UnlearnRe
     return None
 
   start = _RunState(run=state, best=jax.device_get(student_variables(state)) if selecting else {},
-                    best_acc=jnp.asarray(-1.0, jnp.float32))
+                    best_acc=np.asarray(-1.0, np.float64))
   t_run = time.time()
   rs, records = run_chunks(
       epoch_fn, start, total_epochs, phase=strategy.name,

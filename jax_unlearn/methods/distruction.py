@@ -74,7 +74,8 @@ from jax_unlearn.methods import base
 from jax_unlearn.methods._distruction_ops import (UNLEARNING_OBJECTIVES, forget_chunk, forget_step,
                                                   kl_diag_gaussians, kl_grads, make_teacher)
 from jax_unlearn.methods._posterior import (PREP_FIELDS, ensure_prepared, epoch_order, load_posterior,
-                                            posterior_dir, prepare, save_posterior)
+                                            posterior_description, posterior_dir, prepare,
+                                            save_posterior)
 from jax_unlearn.methods._selection import selection_key as _selection_key
 from jax_unlearn.optim.bgd import BGDState
 from jax_unlearn.train import fingerprint
@@ -85,7 +86,7 @@ __all__ = ["OBJECTIVES", "default_config", "validate_config", "lam_values", "kl_
            "kl_grads", "UNLEARNING_OBJECTIVES", "ForgetBatches", "forget_step", "forget", "chunk_ends",
            "selection_key", "finite_mask", "take", "unlearned_variables", "Validator", "lambda_sweep",
            "run", "prepare", "ensure_prepared", "save_posterior", "load_posterior", "posterior_dir",
-           "PREP_FIELDS"]
+           "posterior_description", "PREP_FIELDS"]
 
 OBJECTIVES = ("entropy", "entropy_other", "neggrad", "bad_teacher", "random_label")
 BN_MODES = ("eval", "train")

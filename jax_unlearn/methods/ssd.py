@@ -308,9 +308,9 @@ def validate_config(cfg, problem: base.Problem | None = None, name: str = "ssd")
     if int(cfg[k]) < 1:
       raise ConfigError(f"config.{name}.{k} = {cfg[k]} must be a positive integer; set e.g. "
                         f"--config.{name}.{k}=64")
-  if not float(cfg.alpha) > 0 or not float(cfg.lam) > 0:
-    raise ConfigError(f"config.{name}.alpha = {cfg.alpha} and lam = {cfg.lam} must be > 0; "
-                      f"the paper uses alpha = 10, lam = 1")
+  for k, paper in (("alpha", 10), ("lam", 1)):
+    if not float(cfg[k]) > 0:
+      raise ConfigError(f"--config.{name}.{k} must be > 0, got {cfg[k]}; the paper uses {k} = {paper}")
 
 
 def _fingerprint(variables, splits, extra: str, uses_labels: bool) -> str:

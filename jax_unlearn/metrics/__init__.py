@@ -38,12 +38,30 @@ def evaluate_all(model, variables, *, data, original_vars, retrain_vars=None, co
   return suite(variables)
 
 
+# Array-level functions of the metric modules, importable from here (imported on first access).
+_FUNCTIONS = {
+    "accuracy": ("forget_retain_accuracy", "accuracy_from_logits", "forget_eval_split", "masked_accuracy"),
+    "kl": ("kl_to_retrain", "mean_kl_from_logits", "kl_divergence_from_logits"),
+    "ain": ("relearn", "relearn_steps", "relearn_set_index", "ain_eval_split", "ain_target",
+            "anamnesis_index", "RelearnResult"),
+    "mia_i": ("mia_i_from_confidences", "mia_i_from_logits", "mia_i_pools", "true_label_confidence",
+              "retain_member_index"),
+    "mia_entropy": ("mia_entropy_from_entropies", "mia_entropy_from_logits", "softmax_entropy"),
+    "mia_ii": ("train_shadow_models", "fit_attack", "mia_ii_f1", "mia_ii_f1_from_logits", "mia_ii_pools",
+               "ShadowModels", "Attack"),
+}
+_WHERE = {f: m for m, fs in _FUNCTIONS.items() for f in fs}
+__all__ += sorted(_WHERE)
+
+
 def __getattr__(name):
   # Registry-derived constants, computed on first access (discovery imports every metric module).
   if name == "RESULT_KEYS":
     return result_keys()
   if name == "METRIC_NAMES":
     return names()
-  if name in ("accuracy", "ain", "kl", "mia_entropy", "mia_i", "mia_ii"):
+  if name in _WHERE:
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+  if name in _FUNCTIONS:
     return importlib.import_module(f"{__name__}.{name}")
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

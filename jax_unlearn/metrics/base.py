@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jax_unlearn.configdict import merge
+from jax_unlearn.configdict import as_dict, merge
 from jax_unlearn.errors import ConfigError
 from jax_unlearn.registry import Registry
 from jax_unlearn.train import supervised
@@ -155,7 +155,10 @@ def resolve_config(config, problem=None) -> tuple[ml_collections.ConfigDict, int
       recipe = supervised.recipe(config.train, config.get("batch_size", None))
     config = config.metrics
   recipe = recipe if recipe is not None else supervised.default_recipe()
-  cfg = merge(default_config(), config, prefix="metrics")
+  given = as_dict(config)
+  if "names" in given:  # a string "acc,mia_i" or a tuple
+    given["names"] = parse_names(given["names"])
+  cfg = merge(default_config(), given, prefix="metrics")
   cfg.names = parse_names(cfg.names)
   for n in cfg.names:
     spec(n)

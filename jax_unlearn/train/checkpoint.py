@@ -29,12 +29,13 @@ from jax_unlearn.io import atomic_write_json
 
 @contextlib.contextmanager
 def _quiet_failed_restore(drain_seconds: float = 0.5):
-  """Holds back stderr (fd 2) during a restore; prints it afterwards unless the restore failed.
+  """Holds back stderr (fd 2) during a restore or save; prints it afterwards unless it failed.
 
   When orbax fails to read a corrupted checkpoint it closes its event loop while tensorstore threads
   still finish the other reads; each then prints 'RuntimeError: Event loop is closed' with a
-  traceback from C++, at a random moment. On failure those lines are dropped (after letting the reads
-  drain), so the CheckpointError line stands alone; on success anything written is passed on."""
+  traceback from C++, at a random moment. A save that runs out of disk space logs a traceback from
+  each of its background commit threads. On failure those lines are dropped (after letting the
+  threads drain), so the one error line stands alone; on success anything written is passed on."""
   try:
     sys.stderr.flush()
     saved = os.dup(2)
@@ -98,8 +99,9 @@ class Checkpointer:
     return self._mgr.latest_step()
 
   def save(self, step: int, state: Any) -> None:
-    self._mgr.save(step, args=ocp.args.StandardSave(state))
-    self._mgr.wait_until_finished()
+    with _quiet_failed_restore():
+      self._mgr.save(step, args=ocp.args.StandardSave(state))
+      self._mgr.wait_until_finished()
 
   def restore(self, target: Any, step: int | None = None) -> Any:
     step = self.latest_step() if step is None else step
@@ -122,8 +124,9 @@ def save_variables(directory: str, variables: Any, meta: dict) -> None:
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, "variables")
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(path, variables, force=True)
-  ckptr.wait_until_finished()
+  with _quiet_failed_restore():
+    ckptr.save(path, variables, force=True)
+    ckptr.wait_until_finished()
   atomic_write_json(os.path.join(directory, "meta.json"), meta)
 
 

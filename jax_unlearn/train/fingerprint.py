@@ -71,7 +71,8 @@ def split_digest(*splits) -> str:
   """sha1 of the images and labels (and fine labels) of data `Split`s: the data a model saw."""
   parts = []
   for s in splits:
-    arrays = [s.images, s.labels] + ([s.fine_labels] if s.fine_labels is not None else [])
+    fine = getattr(s, "fine_labels", None)  # duck-typed splits (any object with images, labels)
+    arrays = [s.images, s.labels] + ([fine] if fine is not None else [])
     parts.append(array_digest(*arrays))
   return hashlib.sha1("".join(parts).encode()).hexdigest()
 
