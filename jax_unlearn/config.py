@@ -19,7 +19,6 @@ from jax_unlearn.errors import ConfigError
 # Every method name the experiment table knows, in table order.
 ALL_METHODS = ("original", "retrain", "finetune", "bad_teacher", "amnesiac", "unsir", "dfkd", "blockf",
                "gkt", "is", "pf", "ispf", "pd", "ssd", "lfssd", "distruction")
-DATASET_CLASSES = {"digits": 10, "svhn_cropped": 10, "cifar10": 10, "cifar100": 100, "cifar20": 20}
 # Modules whose sub-config is not named after the module.
 _CONFIG_KEYS = {"distill": "ispf"}
 
@@ -36,6 +35,7 @@ def method_default_configs() -> dict:
 
 
 def base_config() -> ml_collections.ConfigDict:
+  from jax_unlearn import data  # noqa: PLC0415 (config.dataset: the fields the data sources read)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.seeds = ()                    # experiment: run every seed listed (empty = just `seed`)
@@ -45,8 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 512
   # XLA flags set before JAX starts (jax_unlearn.xla_flags); CPU-only flags, e.g. xla_flags.FAST_CPU_CONVS.
   c.xla_cpu_flags = ""
-  c.dataset = ml_collections.ConfigDict(dict(name="digits", data_dir="", download=False,
-                                             split_seed=0, test_fraction=0.25, val_fraction=0.2))
+  c.dataset = data.default_config()
   # fast_cpu_kernels: BN statistics as GEMVs and strided-conv input gradients by phase (models.AllCNN),
   # faster on XLA:CPU; it changes float rounding, so digits keeps it off (its numbers predate it).
   c.model = ml_collections.ConfigDict(dict(name="allcnn", width=1.0, patch=4, dim=192, depth=6,
@@ -81,8 +80,7 @@ def validate(config, workdir: str | None = None, methods: tuple[str, ...] = ()) 
   """Raises ConfigError (one line: the problem and the fix) for anything wrong in `config`."""
   from jax_unlearn import data, methods as methods_lib, models
   ds = config.dataset.name
-  _check(ds in DATASET_CLASSES, f"unknown dataset {ds!r}; set --config.dataset.name to one of: "
-         f"{', '.join(sorted(DATASET_CLASSES))}")
+  data.check_name(ds)  # "unknown dataset ...; set --config.dataset.name to one of: ..."
   _check(config.model.name in models.CLASSIFIERS, f"unknown model {config.model.name!r}; set "
          f"--config.model.name to one of: {', '.join(sorted(models.CLASSIFIERS))}")
   _check(isinstance(config.batch_size, int) and config.batch_size > 0,
@@ -90,7 +88,7 @@ def validate(config, workdir: str | None = None, methods: tuple[str, ...] = ()) 
   _check(config.train.lr >= 0, f"learning rate must be >= 0, got {config.train.lr}; set --config.train.lr=0.05")
   _check(config.train.epochs >= 1, f"train epochs must be >= 1, got {config.train.epochs}; set "
          "--config.train.epochs=30")
-  data.validate_forget(config.forget, data.dataset_info(ds))
+  data.validate_forget(config.forget, data.dataset_info(config.dataset))
   known = set(methods_lib.names())
   for m in methods:
     _check(m in known or m in ALL_METHODS,
