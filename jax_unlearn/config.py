@@ -54,8 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 512
   # XLA flags set before JAX starts (jax_unlearn.xla_flags); CPU-only flags, e.g. xla_flags.FAST_CPU_CONVS.
   c.xla_cpu_flags = ""
-  c.dataset = ml_collections.ConfigDict(dict(name="digits", data_dir="", download=False,
-                                             split_seed=0, test_fraction=0.25, val_fraction=0.2))
+  c.dataset = data.default_config()  # the fields the registered data sources read
   # fast_cpu_kernels: BN statistics as GEMVs and strided-conv input gradients by phase (models.AllCNN),
   # faster on XLA:CPU; it changes float rounding, so digits keeps it off (its numbers predate it).
   c.model = ml_collections.ConfigDict(dict(name="allcnn", width=1.0, patch=4, dim=192, depth=6,
@@ -87,7 +86,7 @@ def _check(cond, msg):
 
 def problem(config, info=None) -> Problem:
   """The `methods.base.Problem` a config describes (validates `config.forget` against the data)."""
-  info = info if info is not None else data.dataset_info(config.dataset.name)
+  info = info if info is not None else data.dataset_info(config.dataset)
   classes = data.validate_forget(config.forget, info)
   mode = str(config.forget.mode)
   return Problem(info=info, forget_mode=mode, forget_classes=tuple(classes),
@@ -124,9 +123,7 @@ def validate(config, workdir: str | None = None, methods: tuple[str, ...] = (),
   data set, model, training recipe, forget request, every method in `methods` (its merged sub-config
   through its `validate_config`) and, `with_metrics`, `config.metrics`; then whether `workdir` is
   writable. Returns the `Problem`."""
-  ds = config.dataset.name
-  _check(ds in data.DATASETS, f"unknown dataset {ds!r}; set --config.dataset.name to one of: "
-         f"{', '.join(sorted(data.DATASETS))}")
+  data.check_name(config.dataset.name)  # "unknown dataset ...; set --config.dataset.name to one of"
   _check(config.model.name in models.CLASSIFIERS, f"unknown model {config.model.name!r}; set "
          f"--config.model.name to one of: {', '.join(sorted(models.CLASSIFIERS))}")
   _check_train(config)

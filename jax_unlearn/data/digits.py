@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jax_unlearn.data.dataset import DataInfo, Split
+from jax_unlearn.data.dataset import DataInfo, Split, _check_fraction, _check_seed, _get
+from jax_unlearn.data.registry import Source, register
 
 # Per-channel mean/std of the digits training images (values / 16; split_seed 0, test_fraction 0.25,
 # i.e. the 1347 images that train and val are drawn from). Computed once with numpy and rounded to 4
@@ -36,3 +37,21 @@ def load(split_seed: int = 0, test_fraction: float = 0.25) -> tuple[DataInfo, Sp
   train_idx, test_idx = train_test_split(np.arange(len(full)), test_size=test_fraction,
                                          random_state=split_seed, stratify=full.labels)
   return INFO, full.subset(np.sort(train_idx)), full.subset(np.sort(test_idx))
+
+
+def _split_params(dataset_cfg) -> tuple[int, float]:
+  split_seed = _check_seed(_get(dataset_cfg, "split_seed", 0), "config.dataset.split_seed")
+  test_fraction = _check_fraction(_get(dataset_cfg, "test_fraction", 0.25), "test_fraction", 0.25)
+  return split_seed, test_fraction
+
+
+def _load(dataset_cfg) -> tuple[DataInfo, Split, Split]:
+  split_seed, test_fraction = _split_params(dataset_cfg)
+  return load(split_seed=split_seed, test_fraction=test_fraction)
+
+
+register(Source(
+    name="digits", info=lambda dataset_cfg: INFO, load=_load,
+    summary="scikit-learn's 8x8 digits (bundled with scikit-learn, nothing to download)",
+    default_config=lambda: dict(split_seed=0, test_fraction=0.25),
+    validate_config=_split_params, kind="sklearn", stratify_val=True, fixed_info=True))
