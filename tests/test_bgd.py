@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax.training import train_state
 
 from jax_unlearn import optim
 from jax_unlearn.errors import ConfigError
@@ -222,3 +223,116 @@ def test_train_step_fits_a_flax_model_and_advances_bn_once():
     holder["bs"] = m["aux"]
     chex.assert_trees_all_equal(params, opt_state.mean)
   assert float(m["loss"]) < 0.5 * first
+
+
+# ----------------------------------------------------------------------------------------------------
+# The standard optax contract: bgd(..., num_samples=K) keeps the noise and takes stacked gradients.
+
+def _mlp_problem():
+  """A tiny MLP classifier with a batch-mean loss; `loss_fn(params, x, y)` (numpy-drawn values: no
+  PRNG compile; two parameter leaves keep the per-shape noise compiles few)."""
+  rng = np.random.default_rng(11)
+  params = {"w1": jnp.asarray(0.5 * rng.normal(size=(4, 6)), jnp.float32),
+            "w2": jnp.asarray(0.5 * rng.normal(size=(6, 3)), jnp.float32)}
+  x = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+  y = jnp.arange(8) % 3
+
+  def loss_fn(p, xb, yb):
+    logits = jnp.tanh(xb @ p["w1"]) @ p["w2"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+  return params, x, y, loss_fn
+
+
+def test_train_state_apply_gradients_equals_expectations_path_bit_for_bit():
+  """TrainState + optax.chain(scale(B), bgd(num_samples=K)) + apply_gradients(stacked grads) gives
+  the very μ and σ of bgd_expectations + e_grad_eps, step after step (same ε: step t's noise is
+  bgd_expectations' noise for key fold_in(key, t)). Bit for bit op by op; under jit the two
+  programs are fused differently by XLA, so jitted they agree to float32 rounding."""
+  params, x, y, loss_fn = _mlp_problem()
+  k_samples, b, seed = 5, x.shape[0], 7
+  tx = optax.chain(optax.scale(b), bgd(mean_eta=3.0, std_init=0.05, num_samples=k_samples, key=seed))
+  state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+  assert isinstance(optim.find_bgd_state(state.opt_state), optim.BGDSampledState)
+
+  def standard_step(state):
+    thetas = optim.bgd_sample_params(state.opt_state)
+    grads = jax.vmap(jax.grad(loss_fn), in_axes=(0, None, None))(thetas, x, y)
+    return state.apply_gradients(grads=grads)
+
+  plain = bgd(mean_eta=3.0, std_init=0.05)
+
+  def fast_step(q, t):
+    ex = bgd_expectations(loss_fn, q, jax.random.fold_in(jax.random.key(seed), t), k_samples, x, y)
+    return plain.update(ex.e_grad, q, None, e_grad_eps=ex.e_grad_eps)[1]
+
+  q = plain.init(params)
+  for t in range(2):
+    state, q = standard_step(state), fast_step(q, t)
+    s = optim.find_bgd_state(state.opt_state)
+    chex.assert_trees_all_equal((s.mean, s.std), (q.mean, q.std))
+    chex.assert_trees_all_equal(state.params, q.mean)
+    assert int(s.count) == t + 1 and int(state.step) == t + 1
+  # The jitted recipe: the same step to float32 rounding (one compile; XLA fuses differently).
+  jitted, eager = jax.jit(standard_step)(state), standard_step(state)
+  js, es = optim.find_bgd_state(jitted.opt_state), optim.find_bgd_state(eager.opt_state)
+  chex.assert_trees_all_close((js.mean, js.std, js.eps, jitted.params),
+                              (es.mean, es.std, es.eps, eager.params), rtol=1e-6, atol=1e-9)
+  assert not np.allclose(s.std["w1"], 0.05)  # σ moved: the comparisons are not vacuous
+
+
+def test_closed_form_step_on_a_quadratic_and_noise_redraw():
+  """L(θ) = ½ Σ_i h_i (θ_i − c_i)²: g_k = h(θ_k − c) in closed form, so one step is
+  μ ← μ − η σ² E[g], σ ← σ sqrt(1 + (σE[gε]/2)²) − σ² E[gε]/2 with the stored ε (float64 numpy)."""
+  h, c = np.array([1.0, 4.0, 0.5]), np.array([0.2, -0.1, 0.7])
+  mu0, k_samples, eta, s0 = np.array([0.3, -0.4, 0.8], np.float32), 6, 1.5, 0.2
+  tx = bgd(mean_eta=eta, std_init=s0, num_samples=k_samples, key=jax.random.key(4))
+  state = tx.init({"t": jnp.asarray(mu0)})
+  eps = np.float64(state.eps["t"])                                  # [K, 3]
+  theta = np.float64(optim.bgd_sample_params(state)["t"])
+  np.testing.assert_allclose(theta, mu0 + s0 * eps, rtol=1e-6)
+  grads = {"t": jnp.asarray(h * (theta - c), jnp.float32)}          # stacked [K, 3]
+  _, new = tx.update(grads, state, {"t": jnp.asarray(mu0)})
+  g = h * (theta - c)
+  want_m, want_s = _np_bgd(mu0, s0, g.mean(0), (g * eps).mean(0), eta)
+  np.testing.assert_allclose(new.mean["t"], want_m, rtol=1e-5)
+  np.testing.assert_allclose(new.std["t"], want_s, rtol=1e-5)
+  # The next step's noise is fresh, from fold_in(key, 1), and the key is kept.
+  assert int(new.count) == 1 and not np.allclose(new.eps["t"], state.eps["t"])
+  _, want_eps = bgd_sample(new, jax.random.fold_in(jax.random.key(4), 1), k_samples)
+  chex.assert_trees_all_equal(new.eps, want_eps)
+  # Unstacked gradients are refused with the fix; e_grad_eps= stays the fast path.
+  with pytest.raises(ConfigError, match="stacked on a leading axis"):
+    tx.update({"t": jnp.ones(3)}, state)
+  _, fast = tx.update({"t": jnp.asarray(g.mean(0), jnp.float32)}, state,
+                      e_grad_eps={"t": jnp.asarray((g * eps).mean(0), jnp.float32)})
+  chex.assert_trees_all_close((fast.mean, fast.std), (new.mean, new.std), rtol=1e-6)
+  with pytest.raises(ConfigError, match="num_samples=K"):
+    optim.bgd_sample_params(bgd().init({"t": jnp.zeros(3)}))
+
+
+def test_chain_with_gradient_clipping_on_stacked_grads():
+  """Joint clip_by_global_norm scales all K gradients by one factor; per_sample clips each g_k by
+  its own norm. Both equal the clipping done by hand followed by the e_grad_eps path."""
+  params, x, y, loss_fn = _mlp_problem()
+  k_samples, clip = 4, 0.05
+  sampler = bgd(std_init=0.05, num_samples=k_samples, key=3)
+  thetas = optim.bgd_sample_params(sampler.init(params))
+  grads = jax.vmap(jax.grad(loss_fn), in_axes=(0, None, None))(thetas, x, y)
+  eps = sampler.init(params).eps
+  norms = np.sqrt(sum(np.sum(np.float64(g) ** 2, axis=tuple(range(1, g.ndim)))
+                      for g in jax.tree.leaves(grads)))                     # ‖g_k‖, [K]
+  assert np.all(norms > clip)  # both clips are active
+  joint = float(np.sqrt(np.sum(norms ** 2)))
+  by_hand = {"joint": jax.tree.map(lambda g: g * (clip / joint), grads),
+             "per_sample": jax.tree.map(
+                 lambda g: g * (clip / norms).reshape((-1,) + (1,) * (g.ndim - 1)), grads)}
+  plain = bgd(std_init=0.05)
+  for name, clipper in (("joint", optax.clip_by_global_norm(clip)),
+                        ("per_sample", optim.per_sample(optax.clip_by_global_norm(clip)))):
+    tx = optax.chain(clipper, bgd(std_init=0.05, num_samples=k_samples, key=3))
+    _, s = tx.update(grads, tx.init(params), params)
+    gc = by_hand[name]
+    _, want = plain.update(jax.tree.map(lambda g: g.mean(0), gc), plain.init(params), params,
+                           e_grad_eps=jax.tree.map(lambda g, e: (g * e).mean(0), gc, eps))
+    got = optim.find_bgd_state(s)
+    chex.assert_trees_all_close((got.mean, got.std), (want.mean, want.std), rtol=1e-5, atol=1e-7)

@@ -3,17 +3,22 @@
 Classifiers share one call signature: `apply(variables, x, train=False, mask=None, features=False)`
 returning logits (or `(logits, features)`), where `mask` ([N] bool) restricts BatchNorm batch
 statistics to kept rows. Every BN input's statistics are exposed through the `bn_stats` collection
-(see `layers.BatchNorm`).
+(see `layers.BatchNorm`). Other people's models (a plain `apply_fn(params, x)`, a stateful
+`apply_fn(params, state, x, train)`, any linen module, an NNX module) get the same call through
+`adapters.as_model`, with `train`/`mask`/`features`/`bn_stats` as checked capabilities.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jax_unlearn.errors import ConfigError
+from jax_unlearn.models import adapters
+from jax_unlearn.models.adapters import CAPABILITIES, Model, as_model, require
 from jax_unlearn.models.allcnn import AllCNN
 from jax_unlearn.models.generators import DFQGenerator, ZSKTGenerator, sample_z
 from jax_unlearn.models.layers import BN_STATS, BatchNorm, bn_input_stats, masked_moments
@@ -25,10 +30,11 @@ GENERATORS = {"dfq": DFQGenerator, "zskt": ZSKTGenerator}
 
 __all__ = ["AllCNN", "ResNet18", "ViT", "DFQGenerator", "ZSKTGenerator", "BatchNorm", "BN_STATS",
            "bn_input_stats", "masked_moments", "sample_z", "create_classifier", "create_generator",
-           "init_variables", "CLASSIFIERS", "GENERATORS"]
+           "init_variables", "num_params", "CLASSIFIERS", "GENERATORS", "adapters", "CAPABILITIES",
+           "Model", "as_model", "require"]
 
 
-def create_classifier(model_cfg: Any, num_classes: int):
+def create_classifier(model_cfg: Any, num_classes: int) -> nn.Module:
   """Builds the classifier named `model_cfg.name` ('allcnn' | 'resnet18' | 'vit')."""
   name = model_cfg.name
   if name not in CLASSIFIERS:
@@ -43,7 +49,8 @@ def create_classifier(model_cfg: Any, num_classes: int):
 
 
 def create_generator(name: str, img_size: int, channels: int, nz: int | None = None,
-                     ngf: int = 64):
+                     ngf: int = 64) -> nn.Module:
+  """Builds the generator named `name` ('dfq' | 'zskt'); `nz` defaults to 256 (DFQ) / 128 (ZSKT)."""
   if name not in GENERATORS:
     raise ConfigError(f"unknown generator {name!r}; use one of: {', '.join(sorted(GENERATORS))}")
   cls = GENERATORS[name]
@@ -51,11 +58,13 @@ def create_generator(name: str, img_size: int, channels: int, nz: int | None = N
   return cls(nz=nz, ngf=ngf, img_size=img_size, channels=channels)
 
 
-def init_variables(model, key, input_shape, **kw) -> dict:
+def init_variables(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...], **kw: Any
+                   ) -> dict[str, Any]:
   """`model.init` on zeros of `input_shape` (with batch axis); returns only params/batch_stats."""
   variables = model.init(key, jnp.zeros(input_shape, jnp.float32), **kw)
   return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 
-def num_params(variables) -> int:
+def num_params(variables: Any) -> int:
+  """Number of parameters in `variables['params']` (or in `variables` itself, a bare params tree)."""
   return sum(x.size for x in jax.tree.leaves(variables.get("params", variables)))
