@@ -50,7 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   # fast_cpu_kernels: BN statistics as GEMVs and strided-conv input gradients by phase (models.AllCNN),
   # faster on XLA:CPU; it changes float rounding, so digits keeps it off (its numbers predate it).
   c.model = ml_collections.ConfigDict(dict(name="allcnn", width=1.0, patch=4, dim=192, depth=6,
-                                           heads=3, mlp_dim=384, fast_cpu_kernels=False))
+                                           heads=3, mlp_dim=384, fast_cpu_kernels=False,
+                                           bn_running_var="unbiased"))  # or 'biased' (layers.BatchNorm)
   c.forget = ml_collections.ConfigDict(dict(mode="class", classes=(3,), num_samples=100))
   c.train = ml_collections.ConfigDict(dict(epochs=30, lr=0.05, momentum=0.9, weight_decay=1e-4,
                                            milestones=(20,), gamma=0.1))
