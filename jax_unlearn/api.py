@@ -73,9 +73,12 @@ def load_setup(config, workdir: str | None = None, methods: tuple[str, ...] = ()
 
 
 def model_meta(config, info) -> dict:
+  model_config = config.model.to_dict()
+  if model_config.get("bn_running_var") == "biased":  # the rule before the field: old checkpoints load
+    model_config.pop("bn_running_var")
   return {"dataset": info.name, "num_classes": info.num_classes,
           "image_shape": list(info.image_shape), "model": config.model.name,
-          "model_config": config.model.to_dict()}
+          "model_config": model_config}
 
 
 def abstract_variables(model, info):

@@ -27,6 +27,8 @@ def _model_dict(config) -> dict:
   d = config.model.to_dict()
   if not d.get("fast_cpu_kernels"):  # off: the same hashes as before the field existed
     d.pop("fast_cpu_kernels", None)
+  if d.get("bn_running_var") == "biased":  # the rule before the field existed: the same hashes
+    d.pop("bn_running_var")
   return d
 
 

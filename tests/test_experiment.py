@@ -63,3 +63,22 @@ def test_fast_cpu_kernels_off_keeps_the_old_hashes():
   c.model.fast_cpu_kernels = True
   assert experiment.fingerprint(c) != experiment.fingerprint(old)
   assert experiment.shadow_dir(c, "/w") != experiment.shadow_dir(old, "/w")
+
+
+def test_bn_running_var_biased_keeps_the_old_hashes():
+  """`model.bn_running_var='biased'` (the rule before the field existed) hashes and checkpoints as if
+  the field did not exist; the default 'unbiased' is a different configuration (new results)."""
+  from configs import digits
+  from jax_unlearn import api, data, experiment
+  c, old = digits.get_config(), digits.get_config()
+  with old.unlocked():
+    del old.model["bn_running_var"]
+  assert c.model.bn_running_var == "unbiased"
+  assert experiment.fingerprint(c) != experiment.fingerprint(old)
+  assert experiment.shadow_dir(c, "/w") != experiment.shadow_dir(old, "/w")
+  info = data.dataset_info("digits")
+  assert api.model_meta(c, info) != api.model_meta(old, info)
+  c.model.bn_running_var = "biased"
+  assert experiment.fingerprint(c) == experiment.fingerprint(old)
+  assert experiment.shadow_dir(c, "/w") == experiment.shadow_dir(old, "/w")
+  assert api.model_meta(c, info) == api.model_meta(old, info)
