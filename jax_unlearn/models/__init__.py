@@ -21,7 +21,8 @@ from jax_unlearn.models import adapters
 from jax_unlearn.models.adapters import CAPABILITIES, Model, as_model, require
 from jax_unlearn.models.allcnn import AllCNN
 from jax_unlearn.models.generators import DFQGenerator, ZSKTGenerator, sample_z
-from jax_unlearn.models.layers import BN_STATS, BatchNorm, bn_input_stats, masked_moments
+from jax_unlearn.models.layers import (BN_STATS, RUNNING_VAR_MODES, BatchNorm, bn_input_stats,
+                                       masked_moments)
 from jax_unlearn.models.resnet import ResNet18
 from jax_unlearn.models.vit import ViT
 
@@ -35,17 +36,25 @@ __all__ = ["AllCNN", "ResNet18", "ViT", "DFQGenerator", "ZSKTGenerator", "BatchN
 
 
 def create_classifier(model_cfg: Any, num_classes: int) -> nn.Module:
-  """Builds the classifier named `model_cfg.name` ('allcnn' | 'resnet18' | 'vit')."""
+  """Builds the classifier named `model_cfg.name` ('allcnn' | 'resnet18' | 'vit').
+
+  `model_cfg.bn_running_var` ('unbiased', the default, or 'biased') is the BN running-variance update
+  of the BN models (`layers.BatchNorm.running_var`); ViT has no BN and ignores it."""
   name = model_cfg.name
   if name not in CLASSIFIERS:
     raise ConfigError(f"unknown model {name!r}; set --config.model.name to one of: "
                       f"{', '.join(sorted(CLASSIFIERS))}")
+  bn_running_var = model_cfg.get("bn_running_var", "unbiased")
+  if bn_running_var not in RUNNING_VAR_MODES:
+    raise ConfigError(f"unknown BN running-variance rule {bn_running_var!r}; set "
+                      "--config.model.bn_running_var=unbiased (PyTorch's) or =biased (Flax's)")
   if name == "vit":
     return ViT(num_classes=num_classes, patch=model_cfg.get("patch", 4), dim=model_cfg.get("dim", 192),
                depth=model_cfg.get("depth", 6), heads=model_cfg.get("heads", 3),
                mlp_dim=model_cfg.get("mlp_dim", 384))
   return CLASSIFIERS[name](num_classes=num_classes, width=model_cfg.get("width", 1.0),
-                           fast_cpu_kernels=bool(model_cfg.get("fast_cpu_kernels", False)))
+                           fast_cpu_kernels=bool(model_cfg.get("fast_cpu_kernels", False)),
+                           bn_running_var=bn_running_var)
 
 
 def create_generator(name: str, img_size: int, channels: int, nz: int | None = None,

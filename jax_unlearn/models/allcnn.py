@@ -18,6 +18,8 @@ class AllCNN(nn.Module):
     fast_cpu_kernels: train-mode BN statistics and backward sums as GEMVs (`layers.BatchNorm.dot_stats`)
       and strided convs' input gradients by phase (`conv.phase_grad_conv`): same variables and math,
       other float rounding, faster on XLA:CPU (`config.model.fast_cpu_kernels`).
+    bn_running_var: 'unbiased' (PyTorch's running-variance update, the default) or 'biased' (Flax's);
+      see `layers.BatchNorm.running_var` (`config.model.bn_running_var`).
   Call: `model.apply(variables, x, train=False, mask=None, features=False)` returns logits `[N, K]`,
   or `(logits, pooled_features)` when `features=True`. `mask` ([N] bool) restricts BN batch
   statistics to kept rows (train mode only).
@@ -25,6 +27,7 @@ class AllCNN(nn.Module):
   num_classes: int = 10
   width: float = 1.0
   fast_cpu_kernels: bool = False
+  bn_running_var: str = "unbiased"
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None, features: bool = False):
@@ -36,7 +39,8 @@ class AllCNN(nn.Module):
                   kernel_init=torch_default_init,
                   conv_general_dilated=(conv_lib.phase_grad_conv_general_dilated
                                         if self.fast_cpu_kernels else None))(x)
-      x = BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels)(x, mask=mask)
+      x = BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels,
+                    running_var=self.bn_running_var)(x, mask=mask)
       x = nn.relu(x)
     feat = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, kernel_init=torch_default_init)(feat)

@@ -15,6 +15,9 @@ import jax.numpy as jnp
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 BN_STATS = "bn_stats"  # collection that holds (input mean, input var, running mean, running var)
+# `BatchNorm.running_var`: how a train step updates the running variance. 'unbiased' is PyTorch's rule
+# (the reference models), 'biased' Flax's (this library before the option existed).
+RUNNING_VAR_MODES = ("unbiased", "biased")
 
 
 def _row_mask(mask, x):
@@ -45,6 +48,17 @@ def column_sums(a, chunks: int = 256):
   k = math.gcd(p, chunks)
   ones = jnp.ones((p // k,), a.dtype)
   return jnp.matmul(ones, a.reshape(p // k, k * c), precision=jax.lax.Precision.HIGHEST).reshape(k, c).sum(0)
+
+
+def bessel_correction(n, dtype=jnp.float32):
+  """n/(n-1): the biased variance of n values times it is the unbiased one (PyTorch's running-var
+  update). For n <= 1 it is 1: the unbiased variance of one value is 0/0, and PyTorch refuses such a
+  training batch ("Expected more than 1 value per channel"); we keep the biased value (0) rather than
+  write inf/NaN into the running variance. `n` is a Python int (static shapes) or an array (a mask)."""
+  if isinstance(n, int):
+    return n / (n - 1) if n > 1 else 1.0
+  n = jnp.asarray(n, dtype)
+  return jnp.where(n > 1, n / jnp.maximum(n - 1, 1), 1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -85,13 +99,21 @@ batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
 
 
 class BatchNorm(nn.BatchNorm):
-  """`flax.linen.BatchNorm` (PyTorch momentum 0.1 == Flax 0.9, eps 1e-5) plus three things.
+  """`flax.linen.BatchNorm` (PyTorch momentum 0.1 == Flax 0.9, eps 1e-5) plus four things.
 
+  * `running_var` ('unbiased' | 'biased'): a train step normalises with the biased batch variance
+    σ²_B = (1/n) Σ (x - μ_B)² in both modes; the running variance is updated as in PyTorch,
+    v <- m v + (1 - m) σ²_B n/(n-1) ('unbiased', the default: the reference models are PyTorch's),
+    or as in Flax, v <- m v + (1 - m) σ²_B ('biased', this library before the option existed). n is
+    the number of values per channel that entered σ²_B: N·H·W, or kept rows·H·W under `mask`;
+    n <= 1 keeps the biased value (`bessel_correction`). Outputs and the running mean do not depend
+    on the mode.
   * `mask` (shape `[N]`, bool): batch statistics and the running-average update use kept rows only.
     This is what a PyTorch BN sees after PreFilter/BlockF shrink the batch (SPEC §1.12).
   * It sows `(mean, var, running_mean, running_var)` of its *input* into the `bn_stats` collection:
-    the DeepInversion/DFQ BN-statistics loss needs them (SPEC §1.3, L_BN). Ask for them with
-    `apply(..., mutable=['bn_stats'])`; otherwise the sow is a no-op.
+    the DeepInversion/DFQ BN-statistics loss needs them (SPEC §1.3, L_BN); `var` is the biased batch
+    variance, as in the reference hook (`var(1, unbiased=False)`), whatever `running_var` is. Ask for
+    them with `apply(..., mutable=['bn_stats'])`; otherwise the sow is a no-op.
   * `dot_stats=True`: in train mode without `mask`, the layer runs `batch_norm_train` (statistics and
     backward sums as GEMVs, ~2x faster BN on XLA:CPU). Same variables and update rule; values differ
     from Flax's by float rounding only. Models set it from `config.model.fast_cpu_kernels`: on in the
@@ -100,19 +122,70 @@ class BatchNorm(nn.BatchNorm):
   momentum: float = 0.9
   epsilon: float = 1e-5
   dot_stats: bool = False
+  running_var: str = "unbiased"
 
   @nn.compact
   def __call__(self, x, use_running_average=None, *, mask=None, **kw):
+    if self.running_var not in RUNNING_VAR_MODES:
+      raise ValueError(f"BatchNorm(running_var={self.running_var!r}): use one of {RUNNING_VAR_MODES}")
     train = not nn.merge_param("use_running_average", self.use_running_average, use_running_average)
-    if self.dot_stats and train and mask is None and not kw and not self.is_initializing():
+    update = train and not self.is_initializing()  # Flax does not update running stats at init
+    if self.dot_stats and update and mask is None and not kw:
       y = self._dot_stats_train(x)
     else:
-      y = super().__call__(x, use_running_average, mask=_row_mask(mask, x), **kw)
+      row_mask = _row_mask(mask, x)
+      unbiased = update and self.running_var == "unbiased"
+      old_var = self.get_variable("batch_stats", "var") if unbiased else None
+      # Flax's own call normalises (so outputs are bit-for-bit those of 'biased') and writes the biased
+      # update; 'unbiased' then overwrites the running variance from the value before the call. The
+      # overwritten update is dead code to XLA, and `_batch_var` repeats Flax's reductions, which XLA
+      # merges with Flax's (same reduce count in the compiled step; a mask adds one, its count).
+      y = super().__call__(x, use_running_average, mask=row_mask, **kw)
+      if unbiased:
+        var, n = self._batch_var(x, row_mask)
+        self.put_variable("batch_stats", "var", self._running_var_update(old_var, var, n))
     if self.is_mutable_collection(BN_STATS) and not self.is_initializing():
       mean, var = masked_moments(x, mask)
       self.sow(BN_STATS, "input", (mean, var, self.get_variable("batch_stats", "mean"),
                                    self.get_variable("batch_stats", "var")))
     return y
+
+  def _running_var_update(self, old, var, n):
+    """m v + (1 - m) σ²_B, with σ²_B n/(n-1) in 'unbiased' mode (PyTorch's `running_var` rule)."""
+    if self.running_var == "unbiased":
+      var = var * bessel_correction(n, var.dtype)
+    return self.momentum * old + (1.0 - self.momentum) * var
+
+  def _batch_var(self, x, row_mask):
+    """The biased batch variance `nn.BatchNorm` normalises with, and n, the number of values per
+    feature behind it. Flax's reductions (`_compute_stats`) are repeated rather than imported (they
+    are private): at least float32, E[x²] - E[x]² clipped at 0 (`use_fast_variance`) or E[(x - μ)²],
+    over mask positions only, averaged over `axis_name` when there is one."""
+    axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+    features = {a % x.ndim for a in axis}
+    axes = tuple(i for i in range(x.ndim) if i not in features)
+    dtype = jnp.result_type(x) if self.dtype is None else self.dtype
+    if self.force_float32_reductions:
+      dtype = jnp.promote_types(dtype, jnp.float32)
+    x = x.astype(dtype)
+    where = None if row_mask is None else jnp.asarray(row_mask, bool)
+    if row_mask is None:
+      n = math.prod(x.shape[i] for i in axes)
+    else:
+      n = where.sum(axes).astype(dtype)
+
+    def pmean(v):
+      if self.axis_name is None:
+        return v
+      return jax.lax.pmean(v, self.axis_name, axis_index_groups=self.axis_index_groups)
+    if self.axis_name is not None:
+      n = jax.lax.psum(n, self.axis_name, axis_index_groups=self.axis_index_groups)
+    mu = pmean(x.mean(axes, where=where))
+    if self.use_fast_variance:
+      var = jnp.maximum(0.0, pmean(jax.lax.square(x).mean(axes, where=where)) - jax.lax.square(mu))
+    else:
+      var = pmean(jax.lax.square(x - jnp.expand_dims(mu, axes)).mean(axes, where=where))
+    return var, n
 
   def _dot_stats_train(self, x):
     """Train mode through `batch_norm_train`, on the variables `nn.BatchNorm` creates (feature axis -1,
@@ -128,7 +201,7 @@ class BatchNorm(nn.BatchNorm):
     bias = self.param("bias", self.bias_init, (c,), self.param_dtype)
     y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
     ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
-    ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
+    ra_var.value = self._running_var_update(ra_var.value, var, x.size // c)
     return y
 
 

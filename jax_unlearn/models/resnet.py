@@ -19,10 +19,12 @@ class BasicBlock(nn.Module):
   channels: int
   stride: int = 1
   fast_cpu_kernels: bool = False
+  bn_running_var: str = "unbiased"
 
   @nn.compact
   def __call__(self, x, train: bool, mask=None):
-    bn = lambda: BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels)  # noqa: E731
+    bn = lambda: BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels,  # noqa: E731
+                           running_var=self.bn_running_var)
     fast = self.fast_cpu_kernels
     y = nn.relu(bn()(_conv(self.channels, 3, self.stride, fast)(x), mask=mask))
     y = bn()(_conv(self.channels, 3, 1, fast)(y), mask=mask)
@@ -33,19 +35,21 @@ class BasicBlock(nn.Module):
 
 class ResNet18(nn.Module):
   """CIFAR ResNet18. Same call signature as `AllCNN`; 20 BN layers; features are 512-d.
-  `fast_cpu_kernels`: see `AllCNN`."""
+  `fast_cpu_kernels`, `bn_running_var`: see `AllCNN`."""
   num_classes: int = 10
   width: float = 1.0
   fast_cpu_kernels: bool = False
+  bn_running_var: str = "unbiased"
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None, features: bool = False):
     base = max(1, round(64 * self.width))
-    x = nn.relu(BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels)(
-        _conv(base, 3, 1)(x), mask=mask))
+    x = nn.relu(BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels,
+                          running_var=self.bn_running_var)(_conv(base, 3, 1)(x), mask=mask))
     for i, stride in enumerate((1, 2, 2, 2)):
       for j in range(2):
-        x = BasicBlock(base * 2 ** i, stride if j == 0 else 1, self.fast_cpu_kernels)(x, train, mask)
+        x = BasicBlock(base * 2 ** i, stride if j == 0 else 1, self.fast_cpu_kernels,
+                       self.bn_running_var)(x, train, mask)
     feat = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, kernel_init=torch_default_init)(feat)
     return (logits, feat) if features else logits

@@ -3,7 +3,9 @@ local devices (a 1-axis `Mesh` named 'runs').
 
 On one CPU the mesh has one device and the code path is the same. BatchNorm statistics over a
 data-sharded batch are computed over the global batch (XLA inserts the all-reduce), so an N-device
-step equals the 1-device step up to float reduction order. A vmapped sweep (`jax_unlearn.sweep`) has no
+step equals the 1-device step up to float reduction order (exactly so in float64; in float32 a ReLU
+input within rounding of 0 may land on the other side of the kink, which moves the gradient by that
+unit's contribution: tests/test_train.py::test_four_devices_match_one_device). A vmapped sweep (`jax_unlearn.sweep`) has no
 cross-run communication at all: with its run axis sharded, each device runs its own members.
 """
 
