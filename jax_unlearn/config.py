@@ -127,6 +127,9 @@ def validate(config, workdir: str | None = None, methods: tuple[str, ...] = (),
   data.check_name(config.dataset.name)  # "unknown dataset ...; set --config.dataset.name to one of"
   _check(config.model.name in models.CLASSIFIERS, f"unknown model {config.model.name!r}; set "
          f"--config.model.name to one of: {', '.join(sorted(models.CLASSIFIERS))}")
+  rv = config.model.get("bn_running_var", "unbiased")
+  _check(rv in models.RUNNING_VAR_MODES, f"unknown BN running-variance rule {rv!r}; set "
+         "--config.model.bn_running_var=unbiased (PyTorch's) or =biased (Flax's)")
   _check_train(config)
   prob = problem(config)
   for m in methods:
