@@ -24,7 +24,8 @@ ISPF = {
 def paper_config(dataset: str, model: str, forget_classes=(0,)):
   c = base_config()
   c.dataset.name = dataset
-  c.dataset.data_dir = ""          # tfds default (~/tensorflow_datasets); override with --config.dataset.data_dir
+  # tfds default (~/tensorflow_datasets); override with --config.dataset.data_dir
+  c.dataset.data_dir = ""
   c.dataset.download = False       # prepare once with launch.prepare_data (needs the `prepare` extra)
   c.model.name = model
   c.model.width = 1.0

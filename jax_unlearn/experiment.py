@@ -15,9 +15,8 @@ import os
 import time
 from typing import Callable
 
-from jax_unlearn import api
+from jax_unlearn import api, metrics
 from jax_unlearn import config as config_lib
-from jax_unlearn import metrics
 from jax_unlearn import methods as methods_lib
 from jax_unlearn.errors import ConfigError
 from jax_unlearn.io import atomic_write_json, read_json, workdir_lock
@@ -126,8 +125,9 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
             f"{row['acc_retain']:.2f}% ({wall:.1f}s)")
       rows.extend(_earlier_rows(workdir, cfg, fp, methods))
     rows.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
-    title = (f"{config.dataset.name} / {config.model.name}, forget {config.forget.mode} "
-             f"{', '.join(map(str, config.forget.classes)) if config.forget.mode != 'random' else config.forget.num_samples}")
+    what = (", ".join(map(str, config.forget.classes)) if config.forget.mode != "random"
+            else f"{config.forget.num_samples} samples")
+    title = f"{config.dataset.name} / {config.model.name}, forget {config.forget.mode} {what}"
     results = table.write_results(workdir, config.to_dict(), rows, title)
   log(f"[experiment] done in {time.time() - t_start:.0f}s: {workdir}/results.md")
   return results

@@ -1,6 +1,7 @@
 """JAX vs PyTorch on the hot paths, and the vmapped sweep vs sequential runs:
 python -m launch.bench --size=paper --out=bench.json   (pip install -e ".[bench]" for the PyTorch side)
-[--reps=2] [--workloads=train_step,ispf_loop,lfssd] [--nosweep] [--notorch] [--xla_cpu_flags=...] [--[no]fast_cpu_kernels]"""
+[--reps=2] [--workloads=train_step,ispf_loop,lfssd] [--nosweep] [--notorch] [--xla_cpu_flags=...]
+[--[no]fast_cpu_kernels]"""
 
 import importlib.util
 import json
@@ -26,8 +27,8 @@ _ONLY = flags.DEFINE_list("workloads", ["train_step", "ispf_loop", "lfssd"], "Wh
 
 def main(argv):
   del argv
-  from jax_unlearn import cli, xla_flags
   from configs import cifar10_allcnn, digits
+  from jax_unlearn import cli, xla_flags
   size_config = {"paper": cifar10_allcnn, "digits": digits}[_SIZE.value].get_config()
   wanted = _XLA.value
   if wanted is None:  # the flags the configs of this size run with, read from those configs

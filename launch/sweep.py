@@ -1,5 +1,6 @@
 """Runs one data-free method for several forget classes and/or seeds as ONE vmapped program:
-python -m launch.sweep --config=configs/digits.py --config.method=ispf --classes=0,1,2,3,4,5,6,7,8,9 --workdir=W
+python -m launch.sweep --config=configs/digits.py --config.method=ispf --classes=0,1,2,3,4,5,6,7,8,9 \
+    --workdir=W
 [--seeds=0,1] [--novmap]
 (each run's metrics.json lands where `launch.unlearn` puts it; W/sweep_metrics.json has them all)."""
 

@@ -154,7 +154,8 @@ def test_bad_teacher_random_teacher_and_targets(setup):
   assert np.abs(p_rand - p_orig).max() > 1e-3
   # Temperature flattens the targets.
   p_hot = bad_teacher.teacher_targets(model, original, x, INFO, 4.0)
-  ent = lambda p: -(p * np.log(p)).sum(-1)
+  def ent(p):
+    return -(p * np.log(p)).sum(-1)
   assert np.all(ent(p_hot) >= ent(p_orig) - 1e-5)
   # The retain subset: int(0.3 n) distinct indices.
   idx = bad_teacher.retain_subset(jax.random.key(0), 101, 0.3)

@@ -56,6 +56,7 @@ def test_torch_postfilter_equals_jax_postfilter():
   """The PyTorch ISPF loop distils towards the same PostFilter target (Eq. 8-9) as the JAX engine."""
   torch = pytest.importorskip("torch")
   import numpy as np
+
   from jax_unlearn.bench import torch_side
   from jax_unlearn.methods import distill
   z = np.random.default_rng(0).normal(size=(6, 10)).astype(np.float32) * 3

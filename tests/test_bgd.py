@@ -1,6 +1,5 @@
 """BGD as an optax transformation (SPEC §5.1): hand-computed steps, MC expectations, stability."""
 
-import functools
 
 import chex
 import flax.linen as nn
@@ -125,7 +124,9 @@ def test_expectations_equal_manual_loop(vectorize):
   gs, ges, losses = [], [], []
   for k in range(k_samples):
     g, ge, loss, aux = one(k)
-    gs.append(g); ges.append(ge); losses.append(loss)
+    gs.append(g)
+    ges.append(ge)
+    losses.append(loss)
     if k == 0:
       aux0 = aux
   mean = lambda ts: jax.tree.map(lambda *a: jnp.mean(jnp.stack(a), 0), *ts)  # noqa: E731

@@ -115,7 +115,8 @@ def test_unknown_method_suggests_the_closest():
     base.spec("lfsd")
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/bin/mount"), reason="needs root to mount a tmpfs")
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/bin/mount"),
+                    reason="needs root to mount a tmpfs")
 def test_full_disk_is_one_line_and_resumes_once_there_is_space(tmp_path):
   mnt = tmp_path / "small"
   mnt.mkdir()

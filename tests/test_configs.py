@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from jax_unlearn import api, data
+from jax_unlearn import config as config_lib
 from jax_unlearn.methods import base
-from jax_unlearn import api, config as config_lib, data
 from jax_unlearn.train import sharding, supervised
 
 PAPER = ["svhn_allcnn", "svhn_resnet18", "cifar10_allcnn", "cifar10_resnet18", "cifar100_resnet18",

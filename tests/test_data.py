@@ -157,7 +157,8 @@ def _synthetic_cifar20(n=400, seed=0):
   fine = rng.integers(0, 100, n).astype(np.int32)
   coarse = (fine // 5).astype(np.int32)
   imgs = rng.random((n, 4, 4, 3), dtype=np.float32)
-  split = lambda s: data.Split(imgs[s], coarse[s], fine[s])
+  def split(s):
+    return data.Split(imgs[s], coarse[s], fine[s])
   return data.Dataset(tfds_data.info("cifar20"), split(slice(0, 200)), split(slice(200, 300)),
                       split(slice(300, 400)))
 

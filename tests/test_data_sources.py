@@ -294,6 +294,7 @@ def test_fashion_mnist_supervised_steps(fashion):
   import jax
   import jax.numpy as jnp
   import optax
+
   from jax_unlearn import models
   from jax_unlearn.train import supervised
   ds, _ = fashion

@@ -10,7 +10,6 @@ import os
 from jax_unlearn import experiment
 
 
-
 def _config():
   from configs import digits
   c = digits.get_config()

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 
 from jax_unlearn import metrics
+from jax_unlearn.data import DataInfo, Split, UnlearnData
 from jax_unlearn.errors import ConfigError
 from jax_unlearn.metrics import ain, kl, mia_entropy, mia_i, mia_ii
 from jax_unlearn.models import AllCNN, init_variables
 from jax_unlearn.models.layers import BatchNorm
 from jax_unlearn.train.evaluate import accuracy
-
-from jax_unlearn.data import DataInfo, Split, UnlearnData
 
 K = 4
 

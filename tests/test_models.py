@@ -86,6 +86,7 @@ def test_batch_norm_train_equals_flax_batchnorm():
   """`layers.batch_norm_train` (GEMV statistics, closed-form VJP) against `flax.linen.BatchNorm`:
   output, statistics, and the gradients of a loss that reads y, mean and var."""
   import flax.linen as nn
+
   from jax_unlearn.models import layers
   x = jax.random.normal(jax.random.key(0), (6, 5, 7, 12)) * 2.0 + 1.0
   scale = jax.random.normal(jax.random.key(1), (12,))

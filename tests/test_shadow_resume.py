@@ -14,7 +14,6 @@ import pytest
 from jax_unlearn.errors import CheckpointError, NumericalError
 from jax_unlearn.metrics import mia_ii
 from jax_unlearn.train import checkpoint
-
 from tests.test_metrics import TinyNet, make_data
 
 # augment=True: the step keys (fold_in(key, t)) are used, so a resume that lost or shifted the PRNG

@@ -59,7 +59,8 @@ def _grads_linear(variables, x, y, kind):
   if kind == "lf":
     d = 2 * o                                        # d||o||^2 / do
   else:
-    p = np.exp(o - o.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+    p = np.exp(o - o.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
     d = p - np.eye(K)[y]                             # dCE / do
   return np.einsum("ni,nk->nik", x, d), d
 
@@ -80,7 +81,8 @@ def test_lfssd_importance_closed_form(linear):
   gw, gb = _grads_linear(v, x, None, "lf")
   # 70 examples in batches of 32: the last batch of 6 is padded + masked, its mean must be over 6 rows.
   imp = lfssd.lfssd_importance(model.apply, v, _batches(x, None, 32))
-  chex.assert_trees_all_equal_shapes_and_dtypes(imp, jax.tree.map(lambda p: p.astype(jnp.float32), v["params"]))
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      imp, jax.tree.map(lambda p: p.astype(jnp.float32), v["params"]))
   _check(imp, *_reference(gw, gb, 32, np.abs))
   imp = lfssd.lfssd_importance(model.apply, v, _batches(x, None, 32), "per_sample", per_sample_chunk=8)
   _check(imp, np.abs(gw).mean(0), np.abs(gb).mean(0))
@@ -155,7 +157,8 @@ def test_per_sample_invariant_to_batch_size_and_order(cnn, linear):
 
 
 def test_dampen_hand_arrays():
-  theta = {"a": jnp.array([1., 2., 3., 4., 5., 6.]), "b": {"c": jnp.array([[1., -1.], [2., -2.]], jnp.bfloat16)}}
+  theta = {"a": jnp.array([1., 2., 3., 4., 5., 6.]),
+           "b": {"c": jnp.array([[1., -1.], [2., -2.]], jnp.bfloat16)}}
   i_d = {"a": jnp.array([1., 1., 0., 0., 2., 1.]), "b": {"c": jnp.array([[1., 0.], [4., 1.]])}}
   i_f = {"a": jnp.array([5., 20., 3., 0., 1., 10.]), "b": {"c": jnp.array([[1., 0.], [100., 2.]])}}
   alpha, lam = 10.0, 1.0
@@ -288,8 +291,8 @@ def test_run_lfssd_and_cache(cnn, tmp_path):
   # Same expected result by hand: importances on D = retain ++ forget (unshuffled) and D_f.
   pre = ssd.Normalize((0.5,), (0.25,))
   d = ctx.data
-  full = lfssd.lfssd_importance(ctx.model.apply, ctx.original, ssd._batches((d.retain_train, d.forget_train), 16,
-                                                                           False), preprocess=pre)
+  d_batches = ssd._batches((d.retain_train, d.forget_train), 16, False)
+  full = lfssd.lfssd_importance(ctx.model.apply, ctx.original, d_batches, preprocess=pre)
   forget = lfssd.lfssd_importance(ctx.model.apply, ctx.original, _batches(d.forget_train.images, None, 4),
                                   preprocess=pre)
   _allclose_trees(res.variables["params"], ssd.dampen(ctx.original["params"], full, forget, 1.0, 1.0))

@@ -120,7 +120,8 @@ def test_four_devices_match_one_device(tmp_path):
   * float64: 1-step gradients, BN outputs and 5-step params/batch_stats of N=4 equal N=1 to 1e-12
     relative (measured ~2e-15): the algorithm is the same.
   * float32, N=1 and N=4 each: every BN output is within BN_OUT_ULPS·eps32·σ of float64 (so a ReLU
-    decision can differ from float64's only that close to the kink), and the 1-step gradient within GRAD_ULPS·eps32·max|g| of the float64 gradient *on the float32 run's side
+    decision can differ from float64's only that close to the kink), and the 1-step gradient within
+    GRAD_ULPS·eps32·max|g| of the float64 gradient *on the float32 run's side
     of every ReLU kink*. The loss is only piecewise smooth: a ReLU input within rounding of 0 (at
     this batch one BN_2 output is -1.1e-7 σ in float64) takes either side depending on reduction
     order and kernel choice, and the gradient jumps by that unit's whole contribution (BN_2 bias by

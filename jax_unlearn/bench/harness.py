@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_unlearn import sweep
-from jax_unlearn.models import conv as conv_lib
 from jax_unlearn.methods import data_free, distill, lfssd, ssd
 from jax_unlearn.models import AllCNN, init_variables
+from jax_unlearn.models import conv as conv_lib
 from jax_unlearn.train import supervised
 
 SIZES = {

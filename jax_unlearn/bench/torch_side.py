@@ -28,7 +28,8 @@ def allcnn(num_classes: int, width: float, in_ch: int) -> nn.Module:
 
 
 class DFQGenerator(nn.Module):
-  """models.generators.DFQGenerator: Linear -> BN -> up -> conv-BN-LReLU -> up -> conv-BN-LReLU -> conv -> sigmoid."""
+  """models.generators.DFQGenerator: Linear -> BN -> up -> conv-BN-LReLU -> up -> conv-BN-LReLU -> conv
+  -> sigmoid."""
 
   def __init__(self, nz, ngf, img_size, channels):
     super().__init__()

@@ -15,9 +15,19 @@ Images are float32 in [0,1] on the host; `normalize` is applied on device (SPEC 
 """
 
 from jax_unlearn.data.augment import augment
-from jax_unlearn.data.dataset import (DataInfo, Dataset, Split, channel_stats, check_name,
-                                      dataset_info, default_config, get_source, load_dataset, names,
-                                      train_val_split)
+from jax_unlearn.data.dataset import (
+  DataInfo,
+  Dataset,
+  Split,
+  channel_stats,
+  check_name,
+  dataset_info,
+  default_config,
+  get_source,
+  load_dataset,
+  names,
+  train_val_split,
+)
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.data.partition import MODES, UnlearnData, make_unlearn_data, validate_forget
 from jax_unlearn.data.pipeline import batches, num_batches

@@ -4,5 +4,16 @@ Modules are discovered, not listed (`base.discover`, on the first registry looku
 is adding a file; importing one method module (`from jax_unlearn.methods import lfssd`) imports only
 what that method needs.
 """
-from jax_unlearn.methods.base import (MethodSpec, Problem, UnlearnContext, UnlearnResult,  # noqa: F401
-                                      default_table, discover, get, names, register, spec, specs)
+from jax_unlearn.methods.base import (  # noqa: F401
+                                      MethodSpec,
+                                      Problem,
+                                      UnlearnContext,
+                                      UnlearnResult,
+                                      default_table,
+                                      discover,
+                                      get,
+                                      names,
+                                      register,
+                                      spec,
+                                      specs,
+)

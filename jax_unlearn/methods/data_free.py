@@ -26,9 +26,19 @@ import numpy as np
 
 from jax_unlearn.errors import ConfigError
 from jax_unlearn.methods import base
-from jax_unlearn.methods.distill import (STRATEGIES, DistillState, Strategy, default_config,
-                                         epoch_diagnostics, init_state, make_engine, make_knobs,
-                                         run_epoch, sample_images, student_variables)
+from jax_unlearn.methods.distill import (
+  STRATEGIES,
+  DistillState,
+  Strategy,
+  default_config,
+  epoch_diagnostics,
+  init_state,
+  make_engine,
+  make_knobs,
+  run_epoch,
+  sample_images,
+  student_variables,
+)
 from jax_unlearn.models import create_generator
 from jax_unlearn.train import fingerprint
 from jax_unlearn.train.evaluate import accuracy

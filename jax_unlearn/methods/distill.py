@@ -52,11 +52,22 @@ from jax import lax
 
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError
-from jax_unlearn.methods._distill_losses import (activation_loss, adversarial_loss, balance_loss,
-                                                 blockf_mask, bn_statistics_loss, cosine_lr,
-                                                 inhibited_synthesis_loss, masked_kl, one_hot_loss,
-                                                 pd_teacher_probs, postfilter, postfilter_row,
-                                                 prefilter_mask, retain_entropy)
+from jax_unlearn.methods._distill_losses import (
+  activation_loss,
+  adversarial_loss,
+  balance_loss,
+  blockf_mask,
+  bn_statistics_loss,
+  cosine_lr,
+  inhibited_synthesis_loss,
+  masked_kl,
+  one_hot_loss,
+  pd_teacher_probs,
+  postfilter,
+  postfilter_row,
+  prefilter_mask,
+  retain_entropy,
+)
 from jax_unlearn.models import bn_input_stats, init_variables, sample_z
 from jax_unlearn.models.conv import _loop_safe_convs, loop_safe_conv, loop_safe_conv_general_dilated
 

@@ -9,7 +9,8 @@ this is the reconstruction of SPEC §5.2, with the two errors of the paper's tex
 μ_p := θ_o (the trained weights). σ_p is learned by BGD (`jax_unlearn.optim.bgd`) on the pretraining loss
 (cross-entropy) over the training data, with μ frozen (`prep_mean_eta = 0`: "our preparation step should
 have no effect on model performance at inference time"), K Monte-Carlo samples per minibatch,
-`prep_epochs` epochs. `ensure_prepared` (`methods._posterior`) stores the posterior with orbax, fingerprinted, and reuses it.
+`prep_epochs` epochs. `ensure_prepared` (`methods._posterior`) stores the posterior with orbax,
+fingerprinted, and reuses it.
 
 **Forgetting** (§3.2). Starting from q = p, minimise (1 − λ) E_{θ∼q} E_{D_f}[U] + λ KL(q‖p) touching only
 the forget set. BGD supplies the data term's E[g] = ∂E_q[U_sum]/∂μ and E[gε] = ∂E_q[U_sum]/∂σ; the KL
@@ -71,11 +72,24 @@ import numpy as np
 
 from jax_unlearn.errors import ConfigError, DataError, NumericalError
 from jax_unlearn.methods import base
-from jax_unlearn.methods._distruction_ops import (UNLEARNING_OBJECTIVES, forget_chunk, forget_step,
-                                                  kl_diag_gaussians, kl_grads, make_teacher)
-from jax_unlearn.methods._posterior import (PREP_FIELDS, ensure_prepared, epoch_order, load_posterior,
-                                            posterior_description, posterior_dir, prepare,
-                                            save_posterior)
+from jax_unlearn.methods._distruction_ops import (
+  UNLEARNING_OBJECTIVES,
+  forget_chunk,
+  forget_step,
+  kl_diag_gaussians,
+  kl_grads,
+  make_teacher,
+)
+from jax_unlearn.methods._posterior import (
+  PREP_FIELDS,
+  ensure_prepared,
+  epoch_order,
+  load_posterior,
+  posterior_description,
+  posterior_dir,
+  prepare,
+  save_posterior,
+)
 from jax_unlearn.methods._selection import selection_key as _selection_key
 from jax_unlearn.optim.bgd import BGDState
 from jax_unlearn.train import fingerprint

@@ -468,7 +468,8 @@ def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | 
   if len(forget_split) == 0:
     forget_split, forget_name = data.forget_train, "forget_train"
   acc = lambda v, s: accuracy(ctx.model, v, s, info)  # noqa: E731
-  original = {"acc_forget": acc(ctx.original, forget_split), "acc_retain_val": acc(ctx.original, data.retain_val)}
+  original = {"acc_forget": acc(ctx.original, forget_split),
+              "acc_retain_val": acc(ctx.original, data.retain_val)}
   forget_mode = ctx.forget_mode
   criterion = criterion or ("threshold" if forget_mode == "class" else "closest")
   if criterion not in ("threshold", "closest"):

@@ -19,9 +19,21 @@ is fitted, and the registry is filled on first use.
 """
 import importlib
 
-from jax_unlearn.metrics.base import (Evaluator, MetricSpec, MetricSuite, Outputs, columns,  # noqa: F401
-                                      default_config, default_names, names, register, resolve_config,
-                                      result_keys, spec, specs)
+from jax_unlearn.metrics.base import (  # noqa: F401
+  Evaluator,
+  MetricSpec,
+  MetricSuite,
+  Outputs,
+  columns,
+  default_config,
+  default_names,
+  names,
+  register,
+  resolve_config,
+  result_keys,
+  spec,
+  specs,
+)
 
 __all__ = ["Evaluator", "MetricSpec", "MetricSuite", "Outputs", "columns", "default_config",
            "default_names", "names", "register", "resolve_config", "result_keys", "spec", "specs",

@@ -2,7 +2,8 @@
 
 Re-written in numpy from the challenge's scorer (google-deepmind/unlearning_evaluation, `metric.py`
 and `main.py`, commit ffae0ff; the technical report "Machine_Unlearning_Metric.pdf" on
-unlearning-challenge.github.io describes the maths). Pure functions of confidence arrays; no models are trained here.
+unlearning-challenge.github.io describes the maths). Pure functions of confidence arrays; no models are
+trained here.
 
 Inputs are logit-scaled confidences (LiRA's statistic, `lira.lira_score`) of each forget example
 under N unlearned models and N retrained-from-scratch models, both [N, n] (models x examples).

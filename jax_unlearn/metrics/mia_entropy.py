@@ -23,8 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_unlearn.metrics.base import Evaluator, register
-from jax_unlearn.metrics.mia_i import (add_member_pool, check_member_pool, fit_predict_1d,
-                                       member_pool_config, retain_member_index)
+from jax_unlearn.metrics.mia_i import (
+  add_member_pool,
+  check_member_pool,
+  fit_predict_1d,
+  member_pool_config,
+  retain_member_index,
+)
 from jax_unlearn.train.evaluate import predict_logits
 
 __all__ = ["softmax_entropy", "mia_entropy_from_entropies", "mia_entropy_from_logits", "mia_entropy",

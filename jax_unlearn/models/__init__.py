@@ -21,8 +21,7 @@ from jax_unlearn.models import adapters
 from jax_unlearn.models.adapters import CAPABILITIES, Model, as_model, require
 from jax_unlearn.models.allcnn import AllCNN
 from jax_unlearn.models.generators import DFQGenerator, ZSKTGenerator, sample_z
-from jax_unlearn.models.layers import (BN_STATS, RUNNING_VAR_MODES, BatchNorm, bn_input_stats,
-                                       masked_moments)
+from jax_unlearn.models.layers import BN_STATS, RUNNING_VAR_MODES, BatchNorm, bn_input_stats, masked_moments
 from jax_unlearn.models.resnet import ResNet18
 from jax_unlearn.models.vit import ViT
 

@@ -105,7 +105,8 @@ def conv_weight_grad(x, dy, kernel_size, strides, padding, chunks: int | None = 
       if chunks == 1:  # contract N, H, W directly (the recorded digits numbers were made this way)
         taps.append(lax.dot_general(xs, dy, (((0, 1, 2), (0, 1, 2)), ((), ()))))
       else:
-        taps.append(jnp.sum(lax.dot_general(xs.reshape(chunks, p // chunks, cin), dy.reshape(chunks, p // chunks, cout),
+        taps.append(jnp.sum(lax.dot_general(xs.reshape(chunks, p // chunks, cin),
+                                            dy.reshape(chunks, p // chunks, cout),
                                             (((1,), (1,)), ((0,), (0,)))), axis=0))
   return jnp.stack(taps).reshape(kh, kw, cin, cout)
 

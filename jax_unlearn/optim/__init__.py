@@ -6,9 +6,19 @@
 so it goes into `optax.chain` and flax's `TrainState.apply_gradients` (recipe in `optim.bgd`).
 """
 
-from jax_unlearn.optim.bgd import (BGDExpectations, BGDSampledState, BGDState, bgd, bgd_expectations,
-                                   bgd_sample, bgd_sample_params, bgd_std_update, bgd_train_step,
-                                   find_bgd_state, per_sample)
+from jax_unlearn.optim.bgd import (
+                                   BGDExpectations,
+                                   BGDSampledState,
+                                   BGDState,
+                                   bgd,
+                                   bgd_expectations,
+                                   bgd_sample,
+                                   bgd_sample_params,
+                                   bgd_std_update,
+                                   bgd_train_step,
+                                   find_bgd_state,
+                                   per_sample,
+)
 
 __all__ = ["BGDExpectations", "BGDSampledState", "BGDState", "bgd", "bgd_expectations", "bgd_sample",
            "bgd_sample_params", "bgd_std_update", "bgd_train_step", "find_bgd_state", "per_sample"]

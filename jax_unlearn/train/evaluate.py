@@ -35,7 +35,8 @@ def predict_logits(model, variables, images, info, batch_size: int = 512, featur
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
     out = _logits(model.apply, variables, chunk, mean, std, features)
     if features:
-      outs.append(np.asarray(out[0])[:batch_size - pad]); feats.append(np.asarray(out[1])[:batch_size - pad])
+      outs.append(np.asarray(out[0])[:batch_size - pad])
+      feats.append(np.asarray(out[1])[:batch_size - pad])
     else:
       outs.append(np.asarray(out)[:batch_size - pad])
   k = getattr(model, "num_classes", None)

@@ -5,8 +5,9 @@ On one CPU the mesh has one device and the code path is the same. BatchNorm stat
 data-sharded batch are computed over the global batch (XLA inserts the all-reduce), so an N-device
 step equals the 1-device step up to float reduction order (exactly so in float64; in float32 a ReLU
 input within rounding of 0 may land on the other side of the kink, which moves the gradient by that
-unit's contribution: tests/test_train.py::test_four_devices_match_one_device). A vmapped sweep (`jax_unlearn.sweep`) has no
-cross-run communication at all: with its run axis sharded, each device runs its own members.
+unit's contribution: tests/test_train.py::test_four_devices_match_one_device). A vmapped sweep
+(`jax_unlearn.sweep`) has no cross-run communication at all: with its run axis sharded, each device
+runs its own members.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import functools
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jax_unlearn.errors import ConfigError
 
