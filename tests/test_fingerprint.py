@@ -74,7 +74,7 @@ def test_truncated_metrics_file_is_measured_again(tmp_path):
 def _tiny_ispf(epochs=2, **kw):
   cfg = distill.default_config()
   cfg.update({"epochs": epochs, "warmup": 0, "loops_per_epoch": 1, "kd_steps": 2, "batch_size": 32,
-              "ngf": 16, "nz": 32, "plots": False, **kw})
+              "ngf": 8, "nz": 16, "plots": False, **kw})
   return cfg
 
 

@@ -17,22 +17,12 @@ The static part of a run (networks, batch size, loop sizes) is an `Engine`, a va
 argument; the strategy, forget classes and hyper-parameters are traced `Knobs` carried in the state, so
 all eight strategies, every forget class and every tau/lr share one compiled program.
 
-Public API (pure functions over pytrees, usable from other JAX code)::
+Public API (pure functions over pytrees): `make_engine`, `make_knobs`, `init_state` (or
+`data_free.build` for all three), then `run_epoch(engine, teacher_variables, state)` (jitted, the engine
+static), `loop_step` (one loop), `epoch_diagnostics` (host-side dict) and `student_variables`.
 
-    engine, state = data_free.build(cfg, teacher_model, info, STRATEGIES["ispf"], (3,), key)
-    # or step by step:
-    engine = make_engine(teacher_model, student_model, generator, cfg, num_classes=10,
-                         mean=info.mean, std=info.std)
-    knobs = make_knobs(STRATEGIES["ispf"], cfg, forget_classes=(3,), num_classes=10)
-    state = init_state(engine, knobs, key)
-    state = run_epoch(engine, teacher_variables, state)        # jitted, engine is static
-    state = loop_step(engine, teacher_variables, state)        # one loop, jitted
-    diag = epoch_diagnostics(engine, state)                     # host-side dict
-    unlearned = student_variables(state)
-
-The method entry points (`run_strategy`, registered as dfkd, blockf, gkt, is, pf, ispf, pd, pd_is)
-live in `methods.data_free`. The engine uses only the teacher and the data set's image shape and
-mean/std: it never reads a real image.
+The methods (dfkd, blockf, gkt, is, pf, ispf, pd, pd_is) are registered in `methods.data_free`. The
+engine uses only the teacher and the data set's image shape and mean/std, never a real image.
 """
 
 from __future__ import annotations
