@@ -6,10 +6,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jax_unlearn.models import conv as conv_lib
-from jax_unlearn.models.layers import BatchNorm, torch_default_init
+from jax_unlearn.models.layers import BatchNorm, ConvClassifier, torch_default_init
 
 
-class AllCNN(nn.Module):
+class AllCNN(ConvClassifier):
   """AllCNN with BN: conv (no bias) -> BN -> ReLU blocks, global average pool, linear head.
 
   Attributes:
@@ -24,11 +24,6 @@ class AllCNN(nn.Module):
   or `(logits, pooled_features)` when `features=True`. `mask` ([N] bool) restricts BN batch
   statistics to kept rows (train mode only).
   """
-  num_classes: int = 10
-  width: float = 1.0
-  fast_cpu_kernels: bool = False
-  bn_running_var: str = "unbiased"
-
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None, features: bool = False):
     c1, c2 = max(1, round(96 * self.width)), max(1, round(192 * self.width))

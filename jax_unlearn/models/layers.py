@@ -220,3 +220,15 @@ def bn_input_stats(bn_stats: Any) -> list[tuple[jax.Array, jax.Array, jax.Array,
         visit(n)
   visit(bn_stats)
   return leaves
+
+
+class ConvClassifier(nn.Module):
+  """The fields AllCNN and ResNet18 share (`config.model`): `num_classes` K, `width` (channel
+  multiplier), `fast_cpu_kernels` (GEMV BatchNorm statistics and phase-split strided-conv gradients,
+  same math, other rounding) and `bn_running_var` ('unbiased': PyTorch's update, 'biased': Flax's).
+  Subclasses define `__call__(x, train=False, mask=None, features=False)`."""
+  num_classes: int = 10
+  width: float = 1.0
+  fast_cpu_kernels: bool = False
+  bn_running_var: str = "unbiased"
+

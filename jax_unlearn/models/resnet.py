@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jax_unlearn.models import conv as conv_lib
-from jax_unlearn.models.layers import BatchNorm, torch_default_init
+from jax_unlearn.models.layers import BatchNorm, ConvClassifier, torch_default_init
 
 
 def _conv(ch, k, s, fast=False):
@@ -33,14 +33,9 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class ResNet18(nn.Module):
+class ResNet18(ConvClassifier):
   """CIFAR ResNet18. Same call signature as `AllCNN`; 20 BN layers; features are 512-d.
   `fast_cpu_kernels`, `bn_running_var`: see `AllCNN`."""
-  num_classes: int = 10
-  width: float = 1.0
-  fast_cpu_kernels: bool = False
-  bn_running_var: str = "unbiased"
-
   @nn.compact
   def __call__(self, x, train: bool = False, mask=None, features: bool = False):
     base = max(1, round(64 * self.width))
