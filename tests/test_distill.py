@@ -459,9 +459,15 @@ def test_strategy_runs_end_to_end(tmp_path, name):
     assert os.path.getsize(os.path.join(ctx.workdir, "synthetic_samples.png")) > 0
 
 
-def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "ispf" else pytest.mark.slow)
+                                  for n in distill.STRATEGIES])
+def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, monkeypatch, name):
+  """Every data-free strategy (ISPF in the default run, the other seven with -m slow): interrupted
+  after warm-up + one epoch, the same call again resumes from the checkpoint and returns the
+  uninterrupted run's variables bit for bit."""
   small = dict(loops_per_epoch=1, kd_steps=2, epochs=2)
-  full = data_free.run_strategy(_ctx(tmp_path, "full", **small)[0], distill.STRATEGIES["ispf"])
+  strategy = distill.STRATEGIES[name]
+  full = data_free.run_strategy(_ctx(tmp_path, "full", **small)[0], strategy)
   first, _ = _ctx(tmp_path, "resumed", **small)
   calls = []
   real = data_free.run_epoch
@@ -473,10 +479,10 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     return real(*a)
   monkeypatch.setattr(data_free, "run_epoch", interrupted)
   with pytest.raises(KeyboardInterrupt):
-    data_free.run_strategy(first, distill.STRATEGIES["ispf"])
+    data_free.run_strategy(first, strategy)
   monkeypatch.setattr(data_free, "run_epoch", real)
   again, lines = _ctx(tmp_path, "resumed", **small)
-  res = data_free.run_strategy(again, distill.STRATEGIES["ispf"])  # resumes at epoch 2, runs epoch 3
+  res = data_free.run_strategy(again, strategy)  # resumes at epoch 2, runs epoch 3
   assert any("resumed at epoch 2/3" in line for line in lines) and len(lines) == 2
   chex.assert_trees_all_equal(res.variables, full.variables)
   assert [r["epoch"] for r in res.artifacts["diagnostics"]] == [1, 2, 3]
