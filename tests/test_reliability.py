@@ -221,7 +221,7 @@ def _kill_once_checkpointed(cmd, pattern, timeout=180):
       assert time.time() - t0 < timeout
       time.sleep(0.02)
   finally:
-    os.kill(p.pid, signal.SIGKILL)
+    p.kill()  # SIGKILL; a no-op when the run already ended (the assertion above then fails)
     p.wait()
   return p.returncode
 
@@ -278,7 +278,7 @@ def test_distruction_kill_and_resume_matches_uninterrupted(trained, tmp_path):
   out, logs = {}, {}
   for name, pattern in (("full", None),
                         ("prep", "original/seed0-*/distruction_posterior-*_ckpt/1/commit_success.txt"),
-                        ("forget", "runs/*/distruction/forget-*/1/commit_success.txt")):
+                        ("forget", "runs/*/distruction/forget-*/*/commit_success.txt")):
     wd = str(tmp_path / name)
     shutil.copytree(os.path.join(w_ref, "original"), os.path.join(wd, "original"))
     if name == "forget":  # the posterior prepared by the uninterrupted run
@@ -294,7 +294,8 @@ def test_distruction_kill_and_resume_matches_uninterrupted(trained, tmp_path):
     with open(os.path.join(wd, "metrics.json")) as f:
       out[name] = _strip_timing(json.load(f))
   assert "[distruction preparation] resumed at epoch 1/3" in logs["prep"], logs["prep"]
-  assert "[distruction] resumed at chunk 1/" in logs["forget"], logs["forget"]
+  # The first forgetting checkpoint is the first chunk ending on a multiple of checkpoint_every.
+  assert "[distruction] resumed at chunk " in logs["forget"], logs["forget"]
   # Paths of the run's own plots and its forgetting wall time differ; everything else must not.
   drop = lambda m: {**m, "info": {k: v for k, v in m["info"].items()  # noqa: E731
                                   if "curve" not in k and k != "forget_s"}}
