@@ -92,11 +92,13 @@ def test_truncated_meta_json_is_one_line(tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
-  args = [*TINY, "--config.train.epochs=4", f"--workdir={tmp_path}"]
+  # 30 epochs, interrupted after the second: the 28 left (seconds even on an idle CPU) leave the
+  # signal ample time to land mid-run however late this process reads the child's output.
+  args = [*TINY, "--config.train.epochs=30", f"--workdir={tmp_path}"]
   p = subprocess.Popen([sys.executable, "-m", "launch.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
   for line in p.stdout:
-    if "epoch 2/4" in line:
+    if "epoch 2/30" in line:
       break
   p.send_signal(signal.SIGINT)
   _, err = p.communicate(timeout=120)
