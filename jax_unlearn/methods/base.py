@@ -128,23 +128,11 @@ def register(name: str, *, default_config: Callable | None = None, validate_conf
   return deco
 
 
-def unregister(name: str) -> None:
-  """Removes a method registered from outside the package (tests, notebooks)."""
-  _REGISTRY.pop(name)
-
-
-def discover() -> None:
-  """Imports every module of this package once (each registers its methods on import)."""
-  _REGISTRY.discover()
-
-
-def specs() -> list[MethodSpec]:
-  """Every registered method, in table order."""
-  return _REGISTRY.all()
-
-
-def names() -> list[str]:
-  return _REGISTRY.names()
+# The registry's own methods as this module's functions.
+unregister = _REGISTRY.pop      # removes a method registered from outside the package (tests, notebooks)
+discover = _REGISTRY.discover   # imports every module of this package once (each registers on import)
+specs = _REGISTRY.all           # every registered method, in table order
+names = _REGISTRY.names
 
 
 def default_table() -> tuple[str, ...]:
@@ -152,8 +140,7 @@ def default_table() -> tuple[str, ...]:
   return tuple(s.name for s in specs() if s.in_default_table)
 
 
-def spec(name: str) -> MethodSpec:
-  return _REGISTRY.get(name)
+spec = _REGISTRY.get            # the MethodSpec of `name`; ConfigError naming the choices if unknown
 
 
 def context(name: str, config, **fields) -> UnlearnContext:

@@ -78,17 +78,11 @@ def register(name: str, *, columns: tuple[Column, ...], extra_keys: tuple[str, .
   return deco
 
 
-def unregister(name: str) -> None:
-  _REGISTRY.pop(name)
-
-
-def discover() -> None:
-  """Imports every module of this package once (each registers its evaluator on import)."""
-  _REGISTRY.discover()
-
-
-def specs() -> list[MetricSpec]:
-  return _REGISTRY.all()
+# The registry's own methods as this module's functions.
+unregister = _REGISTRY.pop      # removes a metric registered from outside the package
+discover = _REGISTRY.discover   # imports every module of this package once (each registers on import)
+specs = _REGISTRY.all           # every registered metric, in table order
+spec = _REGISTRY.get            # the MetricSpec of `name`; ConfigError naming the choices if unknown
 
 
 def names() -> tuple[str, ...]:
@@ -97,10 +91,6 @@ def names() -> tuple[str, ...]:
 
 def default_names() -> tuple[str, ...]:
   return tuple(s.name for s in specs() if s.in_default)
-
-
-def spec(name: str) -> MetricSpec:
-  return _REGISTRY.get(name)
 
 
 def columns(metric_names=None) -> tuple[Column, ...]:
