@@ -61,7 +61,8 @@ def plot_diagnostics(runs: Mapping[str, Sequence[dict]], out_png: str, forget_cl
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
   if forget_classes:
-    fig.suptitle(f"forget classes {tuple(forget_classes)} (grey: generator warm-up)", fontsize=9)
+    fig.suptitle(f"forget class(es) {', '.join(map(str, forget_classes))} (grey: generator warm-up)",
+                 fontsize=9)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
   fig.savefig(out_png, dpi=110)

@@ -29,7 +29,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_unlearn.errors import CheckpointError, NumericalError
 from jax_unlearn.io import atomic_write_json, read_json_list
@@ -163,8 +162,3 @@ def run_chunks(chunk_fn: ChunkFn, state, num_chunks: int, *, phase: str, ckpt_di
     if ckptr is not None:
       ckptr.close()
   return state, history
-
-
-def stack_records(records: list[dict], key: str) -> np.ndarray:
-  """`np.stack` of one field over the records (e.g. per-chunk loss arrays)."""
-  return np.stack([np.asarray(r[key]) for r in records]) if records else np.zeros((0,))
