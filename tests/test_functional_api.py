@@ -102,36 +102,37 @@ def test_importing_one_method_or_metric_stays_lean():
 
 
 def test_ispf_engine_takes_a_plain_apply_fn_teacher_and_never_a_silent_bn_zero():
-  from types import SimpleNamespace
-
   from jax_unlearn.methods import data_free, distill
-  from jax_unlearn.models import AllCNN
+  from jax_unlearn.models import AllCNN, create_generator, init_variables
   k = jax.random.split(jax.random.key(1), 2)
   params = {"w1": jax.random.normal(k[0], (64, 8)) * 0.3, "b1": jnp.zeros(8),
             "w2": jax.random.normal(k[1], (8, 10)) * 0.3}
   model, v = as_model(mlp_apply, params)
-  info = SimpleNamespace(num_classes=10, image_shape=(8, 8, 1), mean=(0.5,), std=(0.25,))
   cfg = distill.default_config()
-  cfg.update(batch_size=8, loops_per_epoch=1, kd_steps=1, warmup=0, ngf=8)
+  cfg.update(batch_size=8, loops_per_epoch=1, kd_steps=1, warmup=0, ngf=8, nz=16)
   student = AllCNN(num_classes=10, width=0.25)
-  build = lambda c, **kw: data_free.build(c, model, info, distill.STRATEGIES["ispf"], (3,),  # noqa: E731
-                                          jax.random.key(2), **kw)
+  generator = create_generator(cfg.generator, 8, 1, nz=cfg.nz, ngf=cfg.ngf)
+  make = lambda c: distill.make_engine(model, student, generator, c, num_classes=10, mean=(0.5,),  # noqa
+                                       std=(0.25,))
   # The DFQ BN term (weight 1 by default) needs BN statistics this teacher has none of: a clear error.
   with pytest.raises(ConfigError, match=r"BatchNorm input statistics.*config\.ispf\.bn=0"):
-    build(cfg, student_model=student)
+    make(cfg)
   cfg.bn = 0.0
-  with pytest.raises(ConfigError, match="student_model="):
-    build(cfg)  # the student cannot copy an apply function's architecture
-  engine, state = build(cfg, student_model=student)
+  engine = make(cfg)
   assert not engine.teacher_bn_stats and not engine.teacher_features
+  with pytest.raises(ConfigError, match="student_model="):
+    data_free.student_model_for(model, cfg)  # the student cannot copy an apply function's architecture
   # Knobs built from another config (bn > 0) are refused by init_state too.
   bad = distill.make_knobs(distill.STRATEGIES["ispf"], distill.default_config(), forget_classes=(3,),
                            num_classes=10)
   with pytest.raises(ConfigError, match=r"config\.ispf\.bn=0"):
     distill.init_state(engine, bad, jax.random.key(3))
   # The generator objective runs with the teacher asked for logits only; its bn and act terms are 0.
-  z = jnp.zeros((8, engine.nz))
-  s_vars = distill.student_variables(state)
-  _, (parts, _, t_logits) = distill.generator_objective(engine, state.knobs, state.g_params,
-                                                        state.g_batch_stats, s_vars, v, z)
+  knobs = distill.make_knobs(distill.STRATEGIES["ispf"], cfg, forget_classes=(3,), num_classes=10)
+  g = jax.jit(lambda key: init_variables(generator, key, (2, cfg.nz), train=True))(jax.random.key(4))
+  s_vars = jax.jit(lambda key: init_variables(student, key, (1, 8, 8, 1)))(jax.random.key(5))
+  objective = jax.jit(distill.generator_objective, static_argnums=0)
+  _, (parts, _, t_logits) = objective(engine, knobs, g["params"], g["batch_stats"], s_vars, v,
+                                      jnp.zeros((8, cfg.nz)))
   assert float(parts["bn"]) == 0.0 and float(parts["act"]) == 0.0 and t_logits.shape == (8, 10)
+  assert float(parts["oh"]) > 0.0  # the other terms are computed
