@@ -201,9 +201,11 @@ def test_linen_mlp_without_train_argument():
   fmodel, _ = as_model(module, v, features_fn=lambda m, x: (m(x), x.reshape(x.shape[0], -1)))
   logits, feats = fmodel.apply(mv, X, features=True)
   chex.assert_trees_all_equal((logits, feats), (module.apply(v, X), X.reshape(6, -1)))
+  # An empty 'batch_stats' is no state: train mode is eval mode, as for a BN-free model.
+  chex.assert_trees_all_equal(model.apply({**mv, "batch_stats": {}}, X, train=True), module.apply(v, X))
   # A linen model with state but no way to switch it to train mode refuses train=True.
   with pytest.raises(ConfigError, match="train"):
-    model.apply({**mv, "batch_stats": {}}, X, train=True)
+    model.apply({**mv, "batch_stats": {"mean": np.zeros(3, np.float32)}}, X, train=True)
 
 
 @pytest.mark.parametrize("train", [False, True])

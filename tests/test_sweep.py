@@ -102,7 +102,7 @@ def _assert_runs_equal(got, want):
 @pytest.mark.parametrize("matmul", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_vmapped_class_sweep_equals_sequential_runs(matmul):
   cfg, eng, (teacher,) = _setup()
-  runs = [(c, (c,)) for c in (0, 7)]  # different forget class and key per run
+  runs = [(c, (c,)) for c in (0, 3, 7)]  # 3 forget classes, a different key per run (issue 18)
   epochs = int(cfg.warmup) + int(cfg.epochs)
   want = _sequential(eng, [teacher], _states(cfg, eng, runs), epochs)
   got = sweep.unstack(sweep.run_sweep(sweep.sweep_engine(eng, matmul), teacher,

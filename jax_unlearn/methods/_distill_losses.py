@@ -1,9 +1,9 @@
 """The equations of data-free unlearning by distillation (ISPF, Zhang et al. AAAI'25), as pure functions.
 
 Generator losses (DFQ, Eq. 2-5 and Eq. 7 of ISPF), the sample filters (GKT's PreFilter, BlockF), the
-distillation targets (PostFilter, Eq. 8-9; PD, App. I), the masked KL and the retain entropy (Eq. 11).
-`forget_mask` is always a [K] bool vector of the classes in F. The engine that runs them is
-`methods.distill`; these are re-exported there.
+distillation targets (PostFilter, Eq. 8-9; PD, App. I), the masked KL and the retain entropy (Eq. 11),
+and the engine's two optimisers. `forget_mask` is always a [K] bool vector of the classes in F. The
+engine that runs them is `methods.distill`; these are re-exported there.
 """
 
 from __future__ import annotations
@@ -158,3 +158,23 @@ def cosine_lr(lr, eta_min, t_max, t) -> jax.Array:
   reference whatever the number of epochs).
   """
   return eta_min + (lr - eta_min) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.asarray(t, jnp.float32) / t_max))
+
+
+# The engine's optimisers (SPEC §1.3-1.4), kept beside its losses.
+
+def _sgd_with_wd(learning_rate, momentum, weight_decay):
+  # PyTorch SGD: wd·θ joins the gradient before the momentum buffer; lr multiplies the buffer.
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
+
+
+def _student_tx(lr=0.1, momentum=0.9, weight_decay=1e-4) -> optax.GradientTransformation:
+  """SGD(momentum, PyTorch weight decay) with its hyper-parameters in the optimiser state, so the
+  cosine schedule (set per loop from `sched_step`) and the values themselves are traced."""
+  return optax.inject_hyperparams(_sgd_with_wd)(learning_rate=lr, momentum=momentum,
+                                               weight_decay=weight_decay)
+
+
+def _generator_tx(lr_g=1e-3) -> optax.GradientTransformation:
+  """Adam, betas (0.5, 0.999), no schedule (SPEC §1.3); lr_g lives in the optimiser state."""
+  return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2"))(learning_rate=lr_g, b1=0.5,
+                                                                        b2=0.999)

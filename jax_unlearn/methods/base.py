@@ -32,11 +32,12 @@ import jax
 import ml_collections
 
 from jax_unlearn.configdict import merge
+from jax_unlearn.errors import ConfigError
 from jax_unlearn.registry import Registry
 from jax_unlearn.train import supervised
 
 __all__ = ["Variables", "Problem", "UnlearnContext", "UnlearnResult", "MethodSpec", "register", "get",
-           "spec", "specs", "names", "default_table", "discover", "unregister", "context"]
+           "spec", "specs", "names", "default_table", "discover", "unregister", "context", "method_config"]
 
 Variables = dict[str, Any]
 
@@ -164,3 +165,19 @@ def context(name: str, config, **fields) -> UnlearnContext:
 def get(name: str) -> Callable[[UnlearnContext], UnlearnResult]:
   """The `run` function of a registered method."""
   return spec(name).run
+
+
+def method_config(name: str, config: Any = None, /, **overrides: Any) -> ml_collections.ConfigDict:
+  """The hyper-parameters of method `name` for its functional API (`ssd.unlearn`, `lfssd.unlearn`,
+  `distruction.unlearn`, `data_free.unlearn`): its `default_config()` updated with `config` (a dict, a
+  ConfigDict, a dataclass instance or None) and then the keyword `overrides`, merged by
+  `configdict.merge` (unknown fields and wrong types are a `ConfigError`) and checked by the method's
+  `validate_config` — the same filling as `--config.<name>.<field>` flags get. Looks the method up
+  without discovering the others (importing one method does not import the rest)."""
+  s = _REGISTRY.peek(name) or spec(name)
+  if s.default_config is None:
+    raise ConfigError(f"method {name!r} has no hyper-parameters to merge")
+  cfg = merge(s.default_config(), config, prefix=s.config_key or name, **overrides)
+  if s.validate_config is not None:
+    s.validate_config(cfg, None)
+  return cfg

@@ -91,6 +91,9 @@ def validate_config(cfg, problem=None, strategy: Strategy | None = None) -> None
 
 def student_model_for(teacher_model, cfg):
   """The student architecture: the teacher's, or the same family at `cfg.student_width`."""
+  if not hasattr(teacher_model, "init"):  # a `models.as_model` teacher: no architecture to copy
+    raise ConfigError(f"the student cannot copy the teacher's architecture ({teacher_model.name}); pass "
+                      "student_model= (a linen classifier, e.g. models.AllCNN(num_classes=K, width=0.25))")
   if cfg.student_width is None:
     return teacher_model
   if not hasattr(teacher_model, "width"):

@@ -43,6 +43,8 @@ from jax import lax
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError
 from jax_unlearn.methods._distill_losses import (
+  _generator_tx,
+  _student_tx,
   activation_loss,
   adversarial_loss,
   balance_loss,
@@ -59,18 +61,16 @@ from jax_unlearn.methods._distill_losses import (
   retain_entropy,
 )
 from jax_unlearn.models import bn_input_stats, init_variables, sample_z
+from jax_unlearn.models.adapters import require, supports
 from jax_unlearn.models.conv import _loop_safe_convs, loop_safe_conv, loop_safe_conv_general_dilated
 
-__all__ = [
-    "Strategy", "STRATEGIES", "Engine", "Knobs", "DistillState", "default_config", "make_engine",
-    "make_knobs", "init_state", "loop_step", "epoch", "run_epoch",
-    "begin_epoch", "end_epoch", "epoch_diagnostics", "generator_objective", "synthetic_batch",
-    "keep_mask", "target_probs", "student_loss_and_grads", "student_variables", "sample_images",
-    "bn_statistics_loss", "one_hot_loss", "balance_loss", "activation_loss", "adversarial_loss",
-    "inhibited_synthesis_loss", "postfilter_row", "postfilter", "pd_teacher_probs", "prefilter_mask",
-    "blockf_mask", "masked_kl", "retain_entropy", "cosine_lr", "loop_safe_conv",
-    "loop_safe_conv_general_dilated",
-]
+__all__ = ["Strategy", "STRATEGIES", "Engine", "Knobs", "DistillState", "default_config", "make_engine",
+           "make_knobs", "init_state", "loop_step", "epoch", "run_epoch", "begin_epoch", "end_epoch",
+           "epoch_diagnostics", "generator_objective", "synthetic_batch", "keep_mask", "target_probs",
+           "student_loss_and_grads", "student_variables", "sample_images", "bn_statistics_loss",
+           "one_hot_loss", "balance_loss", "activation_loss", "adversarial_loss", "inhibited_synthesis_loss",
+           "postfilter_row", "postfilter", "pd_teacher_probs", "prefilter_mask", "blockf_mask", "masked_kl",
+           "retain_entropy", "cosine_lr", "loop_safe_conv", "loop_safe_conv_general_dilated"]
 
 # ----------------------------------------------------------------------------------------------------
 # Convolutions inside lax.scan / lax.cond on XLA:CPU.
@@ -197,6 +197,8 @@ class Engine:
   keep_fn: Callable | None = None
   loop_safe_convs: bool = True
   conv_interceptor: Callable | None = None
+  teacher_features: bool = True     # call the teacher for penultimate features (the act term)
+  teacher_bn_stats: bool = True     # ... and for BN input statistics (the bn term); `make_engine` sets both
 
 
 @flax.struct.dataclass
@@ -252,27 +254,15 @@ _PREFILTERS = ("none", "blockf", "gkt")
 _TARGETS = ("kl", "postfilter", "pd")
 
 
-def _sgd_with_wd(learning_rate, momentum, weight_decay):
-  # PyTorch SGD: wd·θ joins the gradient before the momentum buffer; lr multiplies the buffer.
-  return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
-
-
-def _student_tx(lr=0.1, momentum=0.9, weight_decay=1e-4) -> optax.GradientTransformation:
-  """SGD(momentum, PyTorch weight decay) with its hyper-parameters in the optimiser state, so the
-  cosine schedule (set per loop from `sched_step`) and the values themselves are traced."""
-  return optax.inject_hyperparams(_sgd_with_wd)(learning_rate=lr, momentum=momentum,
-                                               weight_decay=weight_decay)
-
-
-def _generator_tx(lr_g=1e-3) -> optax.GradientTransformation:
-  """Adam, betas (0.5, 0.999), no schedule (SPEC §1.3); lr_g lives in the optimiser state."""
-  return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2"))(learning_rate=lr_g, b1=0.5,
-                                                                        b2=0.999)
-
-
 def make_engine(teacher_model, student_model, generator, cfg, *, num_classes: int, mean, std) -> Engine:
-  """The static `Engine` from flax modules and a `config.ispf` (only its loop sizes are read)."""
+  """The static `Engine` from flax modules (or a `models.as_model` teacher) and a `config.ispf` (its loop
+  sizes; `bn` / `act` > 0 need a teacher with BN statistics / features: else a ConfigError naming the fix)."""
+  caps = {w: supports(teacher_model, c) for w, c in (("bn", "bn_stats"), ("act", "features"))}
+  for w, c in (("bn", "bn_stats"), ("act", "features")):
+    if not caps[w] and float(cfg.get(w, 0.0)):
+      require(teacher_model, c, f"the generator loss term config.ispf.{w}={cfg[w]}", f"set config.ispf.{w}=0")
   return Engine(
+      teacher_features=caps["act"], teacher_bn_stats=caps["bn"],
       teacher=teacher_model, student=student_model, generator=generator, num_classes=int(num_classes),
       mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
       normalize_output=(cfg.get("generator", "dfq") == "dfq"), batch_size=int(cfg.batch_size),
@@ -317,6 +307,11 @@ def init_state(engine: Engine, knobs: Knobs, key: jax.Array, *, lr_g=1e-3, momen
   `fold_in(fold_in(run_key, loop), phase)`. Pass `student_variables` / `generator_variables` to start
   from given ones.
   """
+  for i, w, has in ((0, "bn", engine.teacher_bn_stats), (4, "act", engine.teacher_features)):
+    if not has and not isinstance(knobs.weights, jax.core.Tracer) and float(knobs.weights[i]):
+      what = "BN statistics" if i == 0 else "features"
+      raise ConfigError(f"the knobs weigh config.ispf.{w}={float(knobs.weights[i]):g} but the engine's "
+                        f"teacher has no {what}; set config.ispf.{w}=0")
   k_g, k_s, k_run = jax.random.split(key, 3)
   z = jnp.zeros((2, engine.nz))
   if generator_variables is None:
@@ -363,14 +358,17 @@ def generator_objective(engine: Engine, knobs: Knobs, g_params, g_batch_stats, s
   x_raw, g_upd = _apply(engine, engine.generator, {"params": g_params, "batch_stats": g_batch_stats},
                               z, train=True, mutable=["batch_stats"])
   x = _to_input(engine, x_raw)
-  (t_logits, t_feat), t_upd = _apply(engine, engine.teacher, teacher, x, train=False, features=True,
-                                     mutable=["bn_stats"])
+  # A teacher without features / BN statistics (`make_engine` checked that act / bn weigh 0) is not asked.
+  kw = {"mutable": ["bn_stats"]} if engine.teacher_bn_stats else {}
+  t_out = _apply(engine, engine.teacher, teacher, x, train=False, features=engine.teacher_features, **kw)
+  t_out, t_upd = t_out if kw else (t_out, {})
+  t_logits, t_feat = t_out if engine.teacher_features else (t_out, None)
   s_logits = _apply(engine, engine.student, s_vars, x, train=False)
   adv = jnp.where(knobs.inhibited, inhibited_synthesis_loss(t_logits, s_logits, knobs.gen_forget),
                   adversarial_loss(t_logits, s_logits))
   parts = {"bn": bn_statistics_loss(bn_input_stats(t_upd.get("bn_stats", {}))),
            "oh": one_hot_loss(t_logits), "adv": adv, "balance": balance_loss(t_logits),
-           "act": activation_loss(t_feat)}
+           "act": jnp.zeros((), jnp.float32) if t_feat is None else activation_loss(t_feat)}
   total = jnp.dot(knobs.weights, jnp.stack([parts[k] for k in ("bn", "oh", "adv", "balance", "act")]))
   parts = {k: lax.stop_gradient(v) for k, v in parts.items()}
   return total, (parts, g_upd["batch_stats"], lax.stop_gradient(t_logits))

@@ -210,13 +210,13 @@ def _variables(params, batch_stats):
 class ForgetBatches:
   """Minibatches of the forget set, and nothing else.
 
-  Built from the forget split itself; every batch it hands out is checked against a fingerprint of
-  each forget sample (and, for class forgetting, against the forget classes), raising DataError on
-  anything else. DiStruction is repair-free: this is the only data the forgetting loop sees."""
+  Built from the forget split itself (or its `(images, labels)`); every batch it hands out is checked
+  against a fingerprint of each forget sample (and, for class forgetting, against the forget classes),
+  raising DataError on anything else. DiStruction is repair-free: the forgetting loop sees only this."""
 
   def __init__(self, forget_split, batch_size: int, seed: int, forget_classes: Sequence[int] = ()):
-    self.images = np.asarray(forget_split.images, np.float32)
-    self.labels = np.asarray(forget_split.labels, np.int32)
+    x, y = (forget_split.images, forget_split.labels) if hasattr(forget_split, "labels") else forget_split
+    self.images, self.labels = np.asarray(x, np.float32), np.asarray(y, np.int32)
     n = len(self.labels)
     if n == 0:
       raise DataError("DiStruction got an empty forget set; set --config.forget.classes (or "

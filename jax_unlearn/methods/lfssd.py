@@ -16,9 +16,9 @@ No function here ever looks up a 'label' entry of a batch.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-import jax.numpy as jnp
+import jax
 import ml_collections
 
 from jax_unlearn.methods import base, ssd
@@ -39,10 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def output_norm_sq(logits, labels=None):
-  """Per-example ||f(x)||_2^2 of the logits; `labels` is ignored (LFSSD is label-free)."""
-  del labels
-  return jnp.sum(jnp.square(logits.astype(jnp.float32)), axis=-1)
+output_norm_sq = ssd.output_norm_sq  # re-exported: LFSSD's per-example loss
 
 
 def lfssd_importance(apply_fn: Callable, variables, batches: Iterable[dict], mode: str = "reference", *,
@@ -82,6 +79,22 @@ def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   return ssd.run_dampening(ctx, "lfssd", lfssd_importance, uses_labels=False)
 
 
-dampen = ssd.dampen  # re-exported: LFSSD's dampening is SSD's (SPEC §4.2)
+def importance(apply_fn: Callable, params: Any, x: jax.Array, *, mode: str = "reference",
+               mask: jax.Array | None = None, chunk: int | None = None) -> Any:
+  """LFSSD importance on ONE batch: `ssd.importance(apply_fn, params, x, loss='output_norm', ...)`
+  (pure, jittable with `apply_fn` static, vmappable; no labels)."""
+  return ssd.importance(apply_fn, params, x, None, loss="output_norm", mode=mode, mask=mask, chunk=chunk)
 
-__all__ = ["default_config", "output_norm_sq", "lfssd_importance", "dampen", "run"]
+
+def unlearn(model: Any, variables: Any, full: Any, forget: Any, config: Any = None, *,
+            preprocess: Callable | None = None, **hparams: Any) -> base.UnlearnResult:
+  """LFSSD on your own model and unlabelled arrays, without an `UnlearnContext`: `ssd.unlearn` with the
+  label-free importance. `full` / `forget` are `x` arrays (or `(x, y)`, whose y is never read) or
+  iterables of batches; `config` / `hparams` are `config.lfssd` fields (e.g. `alpha=6.0`)."""
+  return ssd.unlearn_dampening("lfssd", lfssd_importance, False, model, variables, full, forget, config,
+                               preprocess=preprocess, **hparams)
+
+
+dampen = ssd.dampen  # re-exported: LFSSD's dampening is SSD's
+
+__all__ = ["default_config", "output_norm_sq", "lfssd_importance", "importance", "dampen", "run", "unlearn"]

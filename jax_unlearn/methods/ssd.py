@@ -29,13 +29,11 @@ and one compiled program serves every batch.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
 import importlib
 import os
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -43,12 +41,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from jax_unlearn.data.normalize import normalize
-from jax_unlearn.errors import CheckpointError, ConfigError, DataError
+from jax_unlearn.errors import ConfigError, DataError
 from jax_unlearn.io import atomic_write_json
 from jax_unlearn.methods import base
+from jax_unlearn.methods._importance_io import (
+  Normalize,
+  _batches,  # noqa: F401  (re-exported for tests)
+  compute_importances,
+  concat_batches,
+  full_importance_cache_path,
+)
 from jax_unlearn.methods._selection import closest_score, selection_key
-from jax_unlearn.train.checkpoint import has_variables, load_variables, save_variables
+from jax_unlearn.models.adapters import as_classifier
 from jax_unlearn.train.evaluate import accuracy
 
 MODES = ("reference", "per_sample")
@@ -91,24 +95,27 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-@dataclasses.dataclass(frozen=True)
-class Normalize:
-  """Hashable on-device preprocessing (x - mean) / std, so the jitted step is reused across calls."""
-  mean: tuple
-  std: tuple
-
-  def __call__(self, x):
-    return normalize(x, self.mean, self.std)
-
-
 def _identity(x):
   return x
 
 
 # ----------------------------------------------------------------------------------------------------
-# Importance accumulation.
+# Importance: the array-level function and the accumulator behind the iterator helpers.
 
 _REDUCE = {"square": jnp.square, "abs": jnp.abs}
+
+
+def output_norm_sq(logits, labels=None):
+  """Per-example ||f(x)||_2^2 of the logits; `labels` is ignored (LFSSD is label-free)."""
+  del labels
+  return jnp.sum(jnp.square(logits.astype(jnp.float32)), axis=-1)
+
+
+# loss name -> (per-example loss, reduction r, uses labels)
+LOSSES: dict[str, tuple[Callable, str, bool]] = {
+    "fisher": (cross_entropy, "square", True),        # SSD: diagonal Fisher of the cross-entropy
+    "output_norm": (output_norm_sq, "abs", False),    # LFSSD: sensitivity of ||f(x)||^2, label-free
+}
 
 
 def _split_variables(variables):
@@ -118,20 +125,15 @@ def _split_variables(variables):
   return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
-def _batch_mean_loss(apply_fn, preprocess, loss_fn, params, rest, images, labels, mask):
-  logits = apply_fn({"params": params, **rest}, preprocess(images), train=False)
-  per_example = loss_fn(logits, labels)
-  return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-@functools.partial(jax.jit, static_argnames=("apply_fn", "preprocess", "loss_fn", "reduce", "mode",
-                                             "chunk"))
-def _importance_step(acc, variables, images, labels, mask, *, apply_fn, preprocess, loss_fn, reduce,
-                     mode, chunk):
-  """acc + r(grad of the masked batch-mean loss) ('reference') or + sum_i mask_i r(g_i) ('per_sample')."""
-  params, rest = _split_variables(variables)
+def _accumulate(acc, logits_fn, params, images, labels, mask, *, loss_fn, reduce, mode, chunk):
+  """acc + r(grad of the masked batch-mean loss) ('reference') or acc + sum_i mask_i r(g_i)
+  ('per_sample', `chunk` examples per vmapped gradient). `logits_fn(params, x) -> logits`."""
   r = _REDUCE[reduce]
-  loss = lambda p, x, y, m: _batch_mean_loss(apply_fn, preprocess, loss_fn, p, rest, x, y, m)  # noqa: E731
+
+  def loss(p, x, y, m):
+    per_example = loss_fn(logits_fn(p, x), y)
+    return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
+
   if mode == "reference":
     g = jax.grad(loss)(params, images, labels, mask)
     return jax.tree.map(lambda a, gi: a + r(gi).astype(a.dtype), acc, g)
@@ -142,6 +144,9 @@ def _importance_step(acc, variables, images, labels, mask, *, apply_fn, preproce
 
   per_example_grad = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))
   n = images.shape[0]
+  if n % chunk:
+    raise ConfigError(f"per_sample importance: the batch of {n} is not a multiple of chunk={chunk}; "
+                      "pass a chunk that divides the batch (or chunk=None)")
   xs = images.reshape((n // chunk, chunk) + images.shape[1:])
   ys = None if labels is None else labels.reshape((n // chunk, chunk))
   ms = mask.reshape((n // chunk, chunk))
@@ -154,6 +159,79 @@ def _importance_step(acc, variables, images, labels, mask, *, apply_fn, preproce
 
   acc, _ = jax.lax.scan(body, acc, (xs, ys, ms))
   return acc
+
+
+def importance(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: jax.Array,
+               y: jax.Array | None = None, *, loss: str = "fisher", mode: str = "reference",
+               mask: jax.Array | None = None, chunk: int | None = None) -> Any:
+  """SSD/LFSSD importance of every entry of `params` on ONE batch: a pure, jittable, vmappable function.
+
+  With per-example loss l_i (loss='fisher': cross-entropy CE(f(x_i), y_i), SSD's diagonal Fisher
+  information, Foster et al. AAAI'24 §3; loss='output_norm': ||f(x_i)||_2^2, LFSSD's label-free
+  sensitivity, Foster et al. 2024 §2) and r = square (fisher) or abs (output_norm):
+
+    'reference':  I = r( grad_params (1/|B|) sum_{i in B} m_i l_i )   (|B| = sum_i m_i; the SSD code's
+                  per-minibatch term: the iterator helpers average it over minibatches);
+    'per_sample': I = (1/|B|) sum_i m_i r( grad_params l_i ).
+
+  Args:
+    apply_fn: `apply_fn(params, x) -> logits [B, K]`, eval mode (close over BN statistics, e.g.
+      `lambda p, x: model.apply({'params': p, 'batch_stats': bs}, x)`). Under `jax.jit` mark it
+      static (`static_argnums=0`) or bind it with `functools.partial`.
+    params: the pytree differentiated.
+    x: [B, ...] inputs as the model takes them (normalised).
+    y: [B] integer labels; needed by 'fisher', never read by 'output_norm'.
+    mask: optional [B] weights (bool or 0/1) of the rows that count (padding rows 0).
+    chunk: 'per_sample' only: examples per vmapped gradient (memory; a divisor of B; None = B).
+  Returns:
+    float32 pytree shaped like `params`.
+
+  `jax.jit(jax.vmap(importance, in_axes=(None, None, 0)), static_argnums=0)(apply_fn, params, xs)`
+  gives one importance per batch of a stack `xs` [S, B, ...].
+  """
+  _check_mode(mode)
+  if loss not in LOSSES:
+    raise ConfigError(f"unknown importance loss {loss!r}; use one of: {', '.join(LOSSES)}")
+  loss_fn, reduce, uses_labels = LOSSES[loss]
+  if uses_labels and y is None:
+    raise ConfigError(f"importance(loss={loss!r}) needs the labels y; pass y (or loss='output_norm')")
+  n = jnp.shape(x)[0]
+  mask = jnp.ones((n,), jnp.float32) if mask is None else jnp.asarray(mask).astype(jnp.float32)
+  acc = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+  acc = _accumulate(acc, apply_fn, params, x, jnp.asarray(y, jnp.int32) if uses_labels else None, mask,
+                    loss_fn=loss_fn, reduce=reduce, mode=mode, chunk=n if chunk is None else int(chunk))
+  if mode == "per_sample":
+    count = jnp.maximum(jnp.sum(mask), 1.0)
+    acc = jax.tree.map(lambda a: a / count, acc)
+  return acc
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "preprocess", "loss_fn", "reduce", "mode",
+                                             "chunk"))
+def _importance_step(acc, variables, images, labels, mask, *, apply_fn, preprocess, loss_fn, reduce,
+                     mode, chunk):
+  """`_accumulate` for a `model.apply`-style `apply_fn(variables, x, train=False)`."""
+  params, rest = _split_variables(variables)
+
+  def logits_fn(p, x):
+    return apply_fn({"params": p, **rest}, preprocess(x), train=False)
+
+  return _accumulate(acc, logits_fn, params, images, labels, mask, loss_fn=loss_fn, reduce=reduce,
+                     mode=mode, chunk=chunk)
+
+
+def _unpack(batch, uses_labels: bool):
+  """(images, labels or None) of a batch: a dict with 'image' (and 'label'), an `(x, y)` / `(x,)`
+  tuple, or a bare image array. The label is looked up only when `uses_labels`."""
+  if isinstance(batch, dict):
+    return batch["image"], (batch["label"] if uses_labels else None)
+  if isinstance(batch, (tuple, list)):
+    if uses_labels and len(batch) < 2:
+      raise DataError("this importance needs labels: pass (x, y) batches or dicts with 'label'")
+    return batch[0], (batch[1] if uses_labels else None)
+  if uses_labels:
+    raise DataError("this importance needs labels: pass (x, y) batches or dicts with 'label'")
+  return batch, None
 
 
 def _check_mode(mode):
@@ -191,8 +269,9 @@ def accumulate_importance(apply_fn: Callable, variables, batches: Iterable[dict]
   size = chunk = None  # padded batch size and chunk, fixed by the first batch: one compile for all
   n_batches = n_examples = 0
   for batch in batches:
-    images = np.asarray(batch["image"])
-    labels = np.asarray(batch["label"], np.int32) if uses_labels else None
+    images, labels = _unpack(batch, uses_labels)
+    images = np.asarray(images)
+    labels = np.asarray(labels, np.int32) if uses_labels else None
     b = images.shape[0]
     if b == 0:
       continue
@@ -267,39 +346,6 @@ def selection_stats(imp_full, imp_forget, alpha) -> dict:
           "n_selected_norm": n_norm}
 
 
-# ----------------------------------------------------------------------------------------------------
-# Driver: data, cache, timings.
-
-def concat_batches(arrays: list[np.ndarray], batch_size: int):
-  """Unshuffled batches over the concatenation of `arrays`, last partial batch kept.
-
-  Equivalent to torch `DataLoader(ConcatDataset(...), shuffle=False)`: batches straddle the boundary
-  between arrays, and nothing is copied beyond one batch.
-  """
-  bounds = np.cumsum([0] + [len(a) for a in arrays])
-  total = int(bounds[-1])
-  for start in range(0, total, batch_size):
-    stop = min(start + batch_size, total)
-    pieces = []
-    for a, lo, hi in zip(arrays, bounds[:-1], bounds[1:]):
-      s, e = max(start, lo), min(stop, hi)
-      if s < e:
-        pieces.append(np.asarray(a[s - lo:e - lo]))
-    yield pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-
-
-def _batches(splits, batch_size: int, uses_labels: bool):
-  """Dict batches over `splits` concatenated; labels only when the importance needs them."""
-  images = concat_batches([s.images for s in splits], batch_size)
-  if not uses_labels:
-    for x in images:
-      yield {"image": x}
-    return
-  labels = concat_batches([s.labels for s in splits], batch_size)
-  for x, y in zip(images, labels):
-    yield {"image": x, "label": y}
-
-
 def validate_config(cfg, problem: base.Problem | None = None, name: str = "ssd") -> None:
   """ConfigError naming `--config.<name>.<field>` for invalid SSD/LFSSD settings."""
   del problem
@@ -311,89 +357,6 @@ def validate_config(cfg, problem: base.Problem | None = None, name: str = "ssd")
   for k, paper in (("alpha", 10), ("lam", 1)):
     if not float(cfg[k]) > 0:
       raise ConfigError(f"--config.{name}.{k} must be > 0, got {cfg[k]}; the paper uses {k} = {paper}")
-
-
-def _fingerprint(variables, splits, extra: str, uses_labels: bool) -> str:
-  """Content hash of the model and of D in its iteration order, so a stale cache is never reused."""
-  h = hashlib.sha1(extra.encode())
-  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-  for s in splits:
-    h.update(np.ascontiguousarray(np.asarray(s.images)).tobytes())
-    if uses_labels:  # label-free methods never look at labels, not even to hash them
-      h.update(np.ascontiguousarray(np.asarray(s.labels)).tobytes())
-  return h.hexdigest()[:16]
-
-
-def full_importance_cache_path(ctx, name: str, cfg, splits, uses_labels: bool) -> str:
-  """`<cache_dir>/<name>_full_importance_<mode>_b<batch>_<hash>`: beside the original model
-  (`ctx.cache_dir`) unless `cfg.cache_dir` is set; the hash covers the original variables, D in its
-  iteration order, the mode and the batch size."""
-  directory = cfg.cache_dir or ctx.cache_dir or os.path.dirname(os.path.abspath(ctx.workdir))
-  fp = _fingerprint(ctx.original, splits, f"{name}/{cfg.mode}/{cfg.batch_size}", uses_labels)
-  return os.path.join(directory, f"{name}_full_importance_{cfg.mode}_b{cfg.batch_size}_{fp}")
-
-
-def _load_cache(path, params):
-  """A cached importance tree (orbax, `train.checkpoint`), or None if absent or unreadable."""
-  if not has_variables(path):
-    return None
-  target = jax.eval_shape(lambda: jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params))
-  try:
-    return load_variables(path, target)
-  except CheckpointError:  # a corrupt or foreign cache is recomputed, never trusted
-    return None
-
-
-def _save_cache(path, imp):
-  save_variables(path, jax.device_get(imp), {"kind": "importance"})
-
-
-def compute_importances(ctx, name: str, importance_fn: Callable, uses_labels: bool, cfg=None):
-  """(I_D, I_Df, info) for `ctx`, following SPEC §4.1's data and batch sizes.
-
-  D = retain_train ++ forget_train, unshuffled, batch `cfg.batch_size`; D_f = forget_train, batch
-  `cfg.forget_batch_size` (`cfg.random_forget_batch_size` in random forgetting). With
-  `cfg.cache_full_importance`, I_D is read from / written to a msgpack file keyed by a hash of the
-  original variables, D, the mode and the batch size.
-  """
-  cfg = ctx.cfg if cfg is None else cfg
-  data = ctx.data
-  if data is None:
-    raise DataError(f"{name} needs the training data (retain and forget sets); build the context with data")
-  preprocess = Normalize(tuple(float(m) for m in data.info.mean), tuple(float(s) for s in data.info.std))
-  apply_fn = ctx.model.apply
-  full_splits = (data.retain_train, data.forget_train)
-  if len(data.forget_train) == 0:
-    raise DataError("the forget set is empty; set config.forget.classes / num_samples to select data")
-  fb = cfg.random_forget_batch_size if ctx.forget_mode == "random" else cfg.forget_batch_size
-  kw = dict(mode=cfg.mode, preprocess=preprocess, per_sample_chunk=int(cfg.per_sample_chunk))
-  info = {"mode": cfg.mode, "batch_size": int(cfg.batch_size), "forget_batch_size": int(fb)}
-
-  t0 = time.perf_counter()
-  imp_full, cache_path = None, None
-  if cfg.cache_full_importance:
-    cache_path = full_importance_cache_path(ctx, name, cfg, full_splits, uses_labels)
-    if os.path.exists(cache_path):
-      imp_full = _load_cache(cache_path, ctx.original["params"])
-  cached = imp_full is not None
-  if imp_full is None:
-    imp_full = importance_fn(apply_fn, ctx.original, _batches(full_splits, int(cfg.batch_size), uses_labels),
-                             **kw)
-    if cache_path is not None:
-      _save_cache(cache_path, imp_full)
-  jax.block_until_ready(imp_full)
-  t1 = time.perf_counter()
-  imp_forget = importance_fn(apply_fn, ctx.original, _batches((data.forget_train,), int(fb), uses_labels),
-                             **kw)
-  jax.block_until_ready(imp_forget)
-  t2 = time.perf_counter()
-  info.update(importance_full_s=t1 - t0, importance_forget_s=t2 - t1, importance_s=t2 - t0,
-              full_importance_cached=cached, full_importance_cache=cache_path or "")
-  ctx.log(f"{name}: importances ({cfg.mode}) D {t1 - t0:.2f}s{' (cached)' if cached else ''}, "
-          f"D_f {t2 - t1:.2f}s")
-  return imp_full, imp_forget, info
 
 
 def run_dampening(ctx, name: str, importance_fn: Callable, uses_labels: bool) -> base.UnlearnResult:
@@ -417,6 +380,67 @@ def run_dampening(ctx, name: str, importance_fn: Callable, uses_labels: bool) ->
 def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   """SSD on `ctx` (uses labelled D and D_f; reads `ctx.config.ssd`)."""
   return run_dampening(ctx, "ssd", ssd_importance, uses_labels=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The functional entry: a user's model and arrays, no UnlearnContext.
+
+def _as_batches(data, batch_size: int, uses_labels: bool):
+  """Batches of `data`: an `(x, y)` pair or an `x` array (split into `batch_size` rows, unshuffled,
+  last partial batch kept), or an iterable of batches as `accumulate_importance` takes them."""
+  if hasattr(data, "shape"):
+    data = (data,)
+  if isinstance(data, tuple) and data and hasattr(data[0], "shape"):
+    if uses_labels and len(data) < 2:
+      raise DataError("SSD needs labels: pass (x, y) arrays (LFSSD takes x alone)")
+    x = data[0]
+    return [(x[i:i + batch_size],) + ((data[1][i:i + batch_size],) if uses_labels else ())
+            for i in range(0, len(x), batch_size)]
+  return data
+
+
+def unlearn_dampening(name: str, importance_fn: Callable, uses_labels: bool, model: Any, variables: Any,
+                      full: Any, forget: Any, config: Any = None, *, preprocess: Callable | None = None,
+                      **hparams: Any) -> base.UnlearnResult:
+  """`ssd.unlearn` / `lfssd.unlearn`: I_D on `full`, I_Df on `forget`, then `dampen`."""
+  cfg = base.method_config(name, config, **hparams)
+  model, variables = as_classifier(model, variables)
+  kw = dict(mode=cfg.mode, preprocess=preprocess, per_sample_chunk=int(cfg.per_sample_chunk))
+  t0 = time.perf_counter()
+  imp_full = importance_fn(model.apply, variables, _as_batches(full, int(cfg.batch_size), uses_labels),
+                           **kw)
+  imp_forget = importance_fn(model.apply, variables,
+                             _as_batches(forget, int(cfg.forget_batch_size), uses_labels), **kw)
+  params = jax.block_until_ready(dampen(variables["params"], imp_full, imp_forget, float(cfg.alpha),
+                                        float(cfg.lam)))
+  info = {"alpha": float(cfg.alpha), "lam": float(cfg.lam), "mode": cfg.mode,
+          "total_s": time.perf_counter() - t0, **selection_stats(imp_full, imp_forget, float(cfg.alpha))}
+  return base.UnlearnResult(variables={**variables, "params": params}, info=info,
+                            artifacts={"importance_full": imp_full, "importance_forget": imp_forget})
+
+
+def unlearn(model: Any, variables: Any, full: Any, forget: Any, config: Any = None, *,
+            preprocess: Callable | None = None, **hparams: Any) -> base.UnlearnResult:
+  """SSD on your own model and arrays, without an `UnlearnContext`.
+
+  Args:
+    model: anything `models.as_model` takes: `apply_fn(params, x) -> logits` (then `variables` is the
+      bare params), a linen module, an NNX module (`variables=None`), a `models.Model`, or one of ours.
+    variables: its variables (see `model`).
+    full: D, the whole training set: `(x, y)` arrays, or an iterable of `(x, y)` / dict batches. Arrays
+      are split unshuffled into `batch_size` batches ('reference' mode averages over batches, so the
+      batch size matters: the SSD code uses 64).
+    forget: D_f the same way (`forget_batch_size`).
+    config / hparams: `config.ssd` fields (`default_config()`), as a dict, ConfigDict, dataclass or
+      keywords (`alpha=8.5, lam=1.0`), merged by `base.method_config`.
+    preprocess: on-device map applied to x before the model (hashable; None: x is already normalised).
+  Returns:
+    `UnlearnResult`: `variables` with dampened 'params' (same structure; for NNX
+    `nnx.update(module, result.variables['params'])`), `info` (alpha, lam, how many parameters were
+    dampened), `artifacts` (both importances).
+  """
+  return unlearn_dampening("ssd", ssd_importance, True, model, variables, full, forget, config,
+                           preprocess=preprocess, **hparams)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -503,6 +527,7 @@ def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | 
   return result
 
 
-__all__ = ["MODES", "default_config", "cross_entropy", "Normalize", "accumulate_importance", "ssd_importance",
-           "dampen", "selection_stats", "concat_batches", "compute_importances", "run_dampening", "run",
-           "select_alpha", "IMPORTANCES", "validate_config", "full_importance_cache_path"]
+__all__ = ["MODES", "LOSSES", "default_config", "cross_entropy", "output_norm_sq", "Normalize", "importance",
+           "accumulate_importance", "ssd_importance", "dampen", "selection_stats", "concat_batches",
+           "compute_importances", "run_dampening", "run", "unlearn", "unlearn_dampening", "select_alpha",
+           "IMPORTANCES", "validate_config", "full_importance_cache_path"]

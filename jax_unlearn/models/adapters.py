@@ -72,7 +72,8 @@ from jax_unlearn.errors import ConfigError
 from jax_unlearn.models.layers import BN_STATS, bn_input_stats
 from jax_unlearn.models.layers import BatchNorm as OurBatchNorm
 
-__all__ = ["CAPABILITIES", "BNStat", "Model", "as_model", "require"]
+__all__ = ["CAPABILITIES", "BNStat", "Model", "as_model", "as_classifier", "supports", "require",
+           "follows_our_convention"]
 
 PyTree = Any
 BNStat = tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # (mean, var, running_mean, running_var)
@@ -133,7 +134,7 @@ class Model:
       require(self, "features", "apply(features=True)")
     if BN_STATS in mutable:
       require(self, "bn_stats", "apply(mutable=['bn_stats'])")
-    if train and "batch_stats" in variables:
+    if train and _has_state(variables):
       require(self, "train", "apply(train=True) on a model with state")
     if train and mask is not None:
       require(self, "mask", "apply(train=True, mask=...)")
@@ -141,16 +142,53 @@ class Model:
     return (out, updates) if mutable else out
 
 
-def require(model: Model, capability: str, why: str, fix: str | None = None) -> None:
-  """Raises `ConfigError` unless `model` has `capability` (one of `CAPABILITIES`).
+def _has_state(variables) -> bool:
+  # An empty 'batch_stats' (a BN-free model's `{}`) is no state: train mode is then eval mode.
+  return "batch_stats" in variables and bool(jax.tree.leaves(variables["batch_stats"]))
+
+
+def follows_our_convention(obj: Any) -> bool:
+  """Whether `obj` is a linen module whose `__call__` takes `train`, `mask` and `features` (our
+  classifiers, `models.CLASSIFIERS`): the methods call it directly, `module.apply(variables, x,
+  train=..., mask=..., features=..., mutable=...)`, with no adapter in between."""
+  if not isinstance(obj, nn.Module) or isinstance(obj, nnx.Module):
+    return False
+  names = {p.name for p in _call_args(type(obj).__call__)}
+  return {"train", "mask", "features"} <= names
+
+
+def supports(model: Any, capability: str) -> bool:
+  """Whether `model` has `capability`: a `Model`'s flag; True for a module that
+  `follows_our_convention` (its BatchNorm layers sow `bn_stats`; a model without BN sows none, which
+  the methods that need them detect)."""
+  if capability not in _NEEDS:
+    raise ValueError(f"unknown capability {capability!r}; one of {CAPABILITIES}")
+  if isinstance(model, Model):
+    return bool(getattr(model, f"supports_{capability}"))
+  return follows_our_convention(model)
+
+
+def as_classifier(obj: Any, variables: PyTree | None = None, **kwargs: Any) -> tuple[Any, PyTree]:
+  """The model a method calls, and its variables: `(obj, variables)` unchanged for a `Model` or a
+  module that `follows_our_convention` (so the library's own models run exactly the program they
+  always ran), otherwise `as_model(obj, variables, **kwargs)`. Every public function of
+  `jax_unlearn.methods` and `jax_unlearn.metrics` that takes a model goes through this."""
+  if isinstance(obj, Model) or follows_our_convention(obj):
+    if variables is None:
+      raise ConfigError(f"{type(obj).__name__} needs its variables; pass variables=")
+    return obj, variables
+  return as_model(obj, variables, **kwargs)
+
+
+def require(model: Any, capability: str, why: str, fix: str | None = None) -> None:
+  """Raises `ConfigError` unless `model` (a `Model`, or a module that `follows_our_convention`) has
+  `capability` (one of `CAPABILITIES`).
 
   `why` names what needs it and `fix` the method-side way out, e.g.
   `require(m, 'bn_stats', 'the DFQ BN-statistics loss (config.ispf.bn weight 1.0)',
   'set --config.ispf.bn=0')`.
   """
-  if capability not in _NEEDS:
-    raise ValueError(f"unknown capability {capability!r}; one of {CAPABILITIES}")
-  if getattr(model, f"supports_{capability}"):
+  if supports(model, capability):
     return
   what, how = _NEEDS[capability]
   raise ConfigError(f"{why} needs {what}, but this model ({model.name}) has none; "
@@ -434,7 +472,10 @@ def _apply_nnx(model: Model, variables, x, train, mask, features, mutable):
     raise _no_bn_ran(model)
   updates: dict[str, Any] = {}
   if "batch_stats" in mutable:
-    updates["batch_stats"] = nnx.split(module, nnx.Param, ...)[2]
+    new_rest = nnx.split(module, nnx.Param, ...)[2]
+    # A stateless module's empty state comes back as the caller gave it ({} or an empty State), so
+    # scan carries keep their type.
+    updates["batch_stats"] = new_rest if len(new_rest) else variables.get("batch_stats", new_rest)
   if want_bn:
     updates[BN_STATS] = records
   return out, updates

@@ -21,10 +21,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
 from jax_unlearn.errors import CheckpointError
 from jax_unlearn.io import atomic_write_json
+
+
+def _ocp():
+  """orbax.checkpoint, imported on first use: importing a method or a metric (which import this module
+  through `train`) does not import orbax until something is saved or restored."""
+  import orbax.checkpoint as ocp
+  return ocp
 
 
 @contextlib.contextmanager
@@ -92,23 +98,23 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 1):
     self.directory = os.path.abspath(directory)  # orbax requires absolute paths
-    self._mgr = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    self._mgr = _ocp().CheckpointManager(
+        self.directory, options=_ocp().CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
   def latest_step(self) -> int | None:
     return self._mgr.latest_step()
 
   def save(self, step: int, state: Any) -> None:
     with _quiet_failed_restore():
-      self._mgr.save(step, args=ocp.args.StandardSave(state))
+      self._mgr.save(step, args=_ocp().args.StandardSave(state))
       self._mgr.wait_until_finished()
 
   def restore(self, target: Any, step: int | None = None) -> Any:
     step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = jax.tree.map(_ocp().utils.to_shape_dtype_struct, target)
     try:
       with _quiet_failed_restore():
-        return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+        return self._mgr.restore(step, args=_ocp().args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types for truncated/corrupted files
       raise CheckpointError(
           f"checkpoint {self.directory}/{step} could not be restored ({describe_error(e)}); it is "
@@ -123,7 +129,7 @@ def save_variables(directory: str, variables: Any, meta: dict) -> None:
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, "variables")
-  ckptr = ocp.StandardCheckpointer()
+  ckptr = _ocp().StandardCheckpointer()
   with _quiet_failed_restore():
     ckptr.save(path, variables, force=True)
     ckptr.wait_until_finished()
@@ -164,10 +170,10 @@ def load_variables(directory: str, target: Any, expect_meta: dict | None = None,
       raise CheckpointError(
           f"checkpoint {directory} was made for {k}={meta[k]!r} but the config asks for {v!r}; use "
           "another --workdir or delete that directory")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  abstract = jax.tree.map(_ocp().utils.to_shape_dtype_struct, target)
   try:
     with _quiet_failed_restore():
-      variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"), abstract)
+      variables = _ocp().StandardCheckpointer().restore(os.path.join(directory, "variables"), abstract)
   except Exception as e:
     raise CheckpointError(
         f"checkpoint {directory} could not be restored ({describe_error(e)}); it is corrupted or from "
