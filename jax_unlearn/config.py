@@ -21,7 +21,7 @@ from jax_unlearn import methods as methods_lib
 from jax_unlearn.configdict import merge
 from jax_unlearn.errors import ConfigError
 from jax_unlearn.methods.base import Problem
-from jax_unlearn.train import supervised
+from jax_unlearn.train import population, supervised
 
 __all__ = ["base_config", "validate", "method_config", "problem", "parse_methods", "placeholder",
            "sweep_config", "merge_sweep"]
@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
       c[s.config_key] = s.default_config()
   c.metrics = metrics.default_config()
   c.sweep = sweep_config()
+  c.audit = population.default_config()  # launch.audit's populations (jax_unlearn.audit)
   return c
 
 

@@ -25,7 +25,8 @@ from jax_unlearn.train import checkpoint, fingerprint
 
 __all__ = ["run", "fingerprint_of", "shadow_dir"]
 
-_NOT_FINGERPRINTED = ("method", "methods", "seeds", "seed")
+# config.audit only drives launch.audit, so it never changes the table's cached rows.
+_NOT_FINGERPRINTED = ("method", "methods", "seeds", "seed", "audit")
 
 
 def fingerprint_of(config) -> str:

@@ -324,3 +324,23 @@ def test_plot_roc_writes_a_png_atomically(tmp_path):
     privacy_plots.plot_roc(path, {}, "empty")
   with pytest.raises(DataError):
     privacy_plots.plot_roc(path, {"bad": ([0.0, 1.0], [0.0])}, "bad")
+
+
+def test_ulira_balanced_shadows_remove_the_leave_one_out_bias_of_half_membership():
+  """With LiRA's masks (each example in exactly half of the models) leaving the target out leaves its
+  own world one shadow short; on pure noise the plain test then leans to the other world (AUC well
+  below 0.5 at N = 6), and `balance_shadows` (equal counts) puts it back at chance."""
+  plain, balanced = [], []
+  for seed in range(3):
+    rng = np.random.default_rng(seed)
+    keep = lira.membership_masks(6, 200, rng)
+    scores = rng.normal(size=(6, 200)) * rng.uniform(0.5, 2, 200) + rng.normal(0, 3, 200)
+    for out, bal in ((plain, False), (balanced, True)):
+      r = ulira.ulira(scores, keep, ~keep, np.arange(6), rng=np.random.default_rng(seed), n_bootstrap=0,
+                      balance_shadows=bal)
+      out.append(r["auc"])
+  assert np.mean(plain) < 0.4
+  assert abs(np.mean(balanced) - 0.5) < 0.03
+  a, b = ulira._balanced(keep, ~keep | (np.arange(6) == 0)[:, None], np.random.default_rng(0))
+  np.testing.assert_array_equal(a.sum(0), b.sum(0))
+  assert (a <= keep).all() and (b <= (~keep | (np.arange(6) == 0)[:, None])).all()

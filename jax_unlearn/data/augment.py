@@ -21,9 +21,10 @@ def augment(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
   k_y, k_x, k_flip = jax.random.split(key, 3)
   # Offsets 0..2*padding inclusive: every crop position torchvision's RandomCrop can pick. Drawing
   # all B offsets/flips at once (rather than splitting B keys under vmap) compiles and runs faster.
-  dy = jax.random.randint(k_y, (b,), 0, 2 * padding + 1)
-  dx = jax.random.randint(k_x, (b,), 0, 2 * padding + 1)
-  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+  # 32-bit draws: the same crops and flips with jax_enable_x64 on (the float64 rounding tests).
+  dy = jax.random.randint(k_y, (b,), 0, 2 * padding + 1, dtype=jnp.int32)
+  dx = jax.random.randint(k_x, (b,), 0, 2 * padding + 1, dtype=jnp.int32)
+  flip = jax.random.bernoulli(k_flip, jnp.float32(0.5), (b,))
   padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
   def crop_and_flip(image, y, x, f):
