@@ -131,6 +131,7 @@ _train(d, "chunks:2", ckpt_dir=sys.argv[1], fingerprint_desc=_desc(d, _masks()))
 """
 
 
+@pytest.mark.slow
 def test_killed_population_run_resumes_exactly(data, tmp_path):
   ckpt = str(tmp_path / "ckpt")
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_UNLEARN_KILL_AT="population:3")

@@ -30,16 +30,10 @@ def test_readme_python_example_runs():
 
 
 def _own_models_example() -> str:
-  """The plain-apply MLP / NNX CNN example: from README.md, or from the section file proposed for it
-  (README_SECTION_issue18.md) until it is pasted into README."""
-  for name in ("README.md", "README_SECTION_issue18.md"):
-    path = os.path.join(ROOT, name)
-    if os.path.exists(path):
-      with open(path) as f:
-        text = f.read()
-      if OWN_MODELS in text:
-        return re.findall(r"```python\n(.*?)```", text.split(OWN_MODELS)[1], re.S)[0]
-  raise AssertionError(f"no {OWN_MODELS!r} section in README.md")
+  """The plain-apply MLP / NNX CNN example of README.md."""
+  text = _readme()
+  assert OWN_MODELS in text, f"no {OWN_MODELS!r} section in README.md"
+  return re.findall(r"```python\n(.*?)```", text.split(OWN_MODELS)[1], re.S)[0]
 
 
 def _run_own_models(budgets: str | None = None, cnn: bool = True) -> dict:
