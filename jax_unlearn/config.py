@@ -59,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   # faster on XLA:CPU; it changes float rounding, so digits keeps it off (its numbers predate it).
   c.model = ml_collections.ConfigDict(dict(name="allcnn", width=1.0, patch=4, dim=192, depth=6,
                                            heads=3, mlp_dim=384, fast_cpu_kernels=False,
-                                           bn_running_var="unbiased"))  # or 'biased' (layers.BatchNorm)
+                                           bn_running_var="unbiased",  # or 'biased' (layers.BatchNorm)
+                                           stem_stride=1))  # AllCNN's first-conv stride
   c.forget = ml_collections.ConfigDict(dict(mode="class", classes=(3,), num_samples=100))
   c.train = supervised.default_train_config()
   for s in methods_lib.specs():

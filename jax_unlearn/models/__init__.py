@@ -51,9 +51,12 @@ def create_classifier(model_cfg: Any, num_classes: int) -> nn.Module:
     return ViT(num_classes=num_classes, patch=model_cfg.get("patch", 4), dim=model_cfg.get("dim", 192),
                depth=model_cfg.get("depth", 6), heads=model_cfg.get("heads", 3),
                mlp_dim=model_cfg.get("mlp_dim", 384))
+  extra = {}
+  if name == "allcnn":
+    extra["stem_stride"] = int(model_cfg.get("stem_stride", 1))
   return CLASSIFIERS[name](num_classes=num_classes, width=model_cfg.get("width", 1.0),
                            fast_cpu_kernels=bool(model_cfg.get("fast_cpu_kernels", False)),
-                           bn_running_var=bn_running_var)
+                           bn_running_var=bn_running_var, **extra)
 
 
 def create_generator(name: str, img_size: int, channels: int, nz: int | None = None,
