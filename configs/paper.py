@@ -41,6 +41,10 @@ def paper_config(dataset: str, model: str, forget_classes=(0,)):
     c.train.update(lr=lr, epochs=epochs, milestones=milestones, gamma=0.1, weight_decay=1e-4)
   c.forget.mode = "class"
   c.forget.classes = tuple(forget_classes)
+  # The SSD/LFSSD papers' ResNet18 value in every scenario (SPEC §4.3); the other configs choose alpha
+  # on the validation split ('auto').
+  for key in ("ssd", "lfssd"):
+    c[key].alpha = 10.0
   if "ispf" in c and (dataset, model) in ISPF:
     epochs, loops, lr, tau = ISPF[(dataset, model)]
     c.ispf.update(epochs=epochs, warmup=2, loops_per_epoch=loops, kd_steps=10, batch_size=256,

@@ -27,12 +27,12 @@ from jax_unlearn.methods import base, ssd
 def default_config() -> ml_collections.ConfigDict:
   """`config.lfssd` defaults. Fields as in `ssd.default_config` (see there).
 
-  alpha: the LFSSD paper's values as recovered in SPEC §4.3 are 10 (CIFAR-100 full class, sub-class),
-  5 (CIFAR-20 full class) and 3.5 (random forgetting); lam = 1 throughout. The digits config picks alpha
-  on the validation split with `ssd.select_alpha(ctx, alphas, 'lfssd')`.
+  alpha: 'auto' by default (chosen on the validation split among `alpha_grid`, `ssd.select_alpha`). The
+  LFSSD paper's values (its Table 1 settings) are 10 (CIFAR-100 full class, sub-class), 5 (CIFAR-20
+  full class) and 3.5 (random forgetting); lam = 1 throughout. The digits config fixes alpha = 6, chosen
+  once on its validation split; the paper configs use the paper's values.
   """
   c = ssd.default_config()
-  c.alpha = 10.0
   c.lam = 1.0
   # LFSSD's I_D is label-free and request-independent: precompute it once beside the original model.
   c.cache_full_importance = True

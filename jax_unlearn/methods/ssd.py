@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable
 import jax
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_dict
 import numpy as np
 import optax
 
@@ -56,6 +57,10 @@ from jax_unlearn.models.adapters import as_classifier
 from jax_unlearn.train.evaluate import accuracy
 
 MODES = ("reference", "per_sample")
+AUTO = "auto"
+# 'auto' candidates: from "dampen almost everything the forget set touches" to the paper's 10 and past
+# it (digits chose 6 / 8.5, the papers use 3.5-25).
+ALPHA_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 15.0, 25.0)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -63,7 +68,10 @@ def default_config() -> ml_collections.ConfigDict:
   sub-class, lambda = 1; SPEC §4.1: batch 64 for D and D_f, D_f batch 128 in random forgetting).
 
   Fields:
-    alpha: selection weighting; parameters with I_Df > alpha * I_D are dampened.
+    alpha: selection weighting; parameters with I_Df > alpha * I_D are dampened. 'auto' (the default
+      outside the digits and paper configs) picks it on the validation split among `alpha_grid` with
+      `select_alpha` (criterion by forget mode: see there) each time the method runs.
+    alpha_grid: the candidates 'auto' chooses from.
     lam: dampening constant lambda; theta *= min(lam * I_D / I_Df, 1).
     mode: 'reference' (batch-mean gradients, as the SSD code) or 'per_sample' (per-example gradients).
     batch_size: minibatch size over D (unshuffled retain_train ++ forget_train).
@@ -74,7 +82,11 @@ def default_config() -> ml_collections.ConfigDict:
     cache_dir: where that cache lives; '' means the parent directory of the method's workdir.
   """
   c = ml_collections.ConfigDict()
-  c.alpha = 10.0
+  # A number, or 'auto': chosen on the validation split among `alpha_grid` (`select_alpha`) when the
+  # method runs; the choice is recorded in the run's info (metrics.json). Typed `object` so that
+  # `--config.ssd.alpha=auto` and `--config.ssd.alpha=8.5` both parse.
+  c.alpha = config_dict.FieldReference(AUTO, field_type=object)
+  c.alpha_grid = ALPHA_GRID
   c.lam = 1.0
   c.mode = "reference"
   c.batch_size = 64
@@ -354,9 +366,28 @@ def validate_config(cfg, problem: base.Problem | None = None, name: str = "ssd")
     if int(cfg[k]) < 1:
       raise ConfigError(f"config.{name}.{k} = {cfg[k]} must be a positive integer; set e.g. "
                         f"--config.{name}.{k}=64")
-  for k, paper in (("alpha", 10), ("lam", 1)):
-    if not float(cfg[k]) > 0:
-      raise ConfigError(f"--config.{name}.{k} must be > 0, got {cfg[k]}; the paper uses {k} = {paper}")
+  alpha = cfg.alpha
+  if isinstance(alpha, str) and alpha != AUTO:
+    try:
+      alpha = float(alpha)
+    except ValueError:
+      raise ConfigError(f"--config.{name}.alpha must be a number > 0 or 'auto', got {alpha!r}") from None
+  if alpha == AUTO:
+    grid = cfg.alpha_grid if isinstance(cfg.alpha_grid, (tuple, list)) else (cfg.alpha_grid,)
+    bad = [a for a in grid if isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0]
+    if not grid or bad:
+      raise ConfigError(f"--config.{name}.alpha_grid must be positive numbers, got {tuple(grid)!r}; "
+                        f"e.g. --config.{name}.alpha_grid='(2,4,8,16)'")
+  elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+    raise ConfigError(f"--config.{name}.alpha must be > 0 or 'auto', got {cfg.alpha!r}; the paper uses "
+                      "alpha = 10")
+  if not float(cfg.lam) > 0:
+    raise ConfigError(f"--config.{name}.lam must be > 0, got {cfg.lam}; the paper uses lam = 1")
+
+
+def is_auto(cfg) -> bool:
+  """Whether `cfg.alpha` asks for the validation-split choice."""
+  return isinstance(cfg.alpha, str) and cfg.alpha == AUTO
 
 
 def run_dampening(ctx, name: str, importance_fn: Callable, uses_labels: bool) -> base.UnlearnResult:
@@ -364,14 +395,26 @@ def run_dampening(ctx, name: str, importance_fn: Callable, uses_labels: bool) ->
   cfg = ctx.cfg
   t0 = time.perf_counter()
   imp_full, imp_forget, info = compute_importances(ctx, name, importance_fn, uses_labels, cfg)
+  alpha = float(cfg.alpha) if not is_auto(cfg) else None
+  if alpha is None:  # chosen on the validation split; the sweep's time is part of the method's
+    t_sel = time.perf_counter()
+    choice = sweep_alpha(ctx, name, imp_full, imp_forget, cfg.alpha_grid, float(cfg.lam))
+    alpha = choice["alpha"]
+    info.update(alpha_auto=True, alpha_select_s=time.perf_counter() - t_sel,
+                alpha_selection={k: choice[k] for k in ("criterion", "target_forget_acc", "target_met",
+                                                        "forget_split", "original", "table")})
+    if ctx.workdir:
+      atomic_write_json(os.path.join(ctx.workdir, f"alpha_sweep_{name}.json"),
+                        {**choice, "importance": {k: v for k, v in info.items() if k != "alpha_auto"}})
   t1 = time.perf_counter()
   params = jax.block_until_ready(dampen(ctx.original["params"], imp_full, imp_forget,
-                                        float(cfg.alpha), float(cfg.lam)))
+                                        alpha, float(cfg.lam)))
   t2 = time.perf_counter()
-  info.update(alpha=float(cfg.alpha), lam=float(cfg.lam), dampen_s=t2 - t1, total_s=t2 - t0,
-              **selection_stats(imp_full, imp_forget, float(cfg.alpha)))
+  info.update(alpha=alpha, lam=float(cfg.lam), dampen_s=t2 - t1, total_s=t2 - t0,
+              **selection_stats(imp_full, imp_forget, alpha))
   ctx.log(f"{name}: dampened {info['n_selected']}/{info['n_params']} parameters "
-          f"(alpha={cfg.alpha}, lam={cfg.lam}) in {t2 - t1:.3f}s; total {t2 - t0:.2f}s")
+          f"(alpha={alpha:g}{' chosen on validation' if info.get('alpha_auto') else ''}, "
+          f"lam={cfg.lam}) in {t2 - t1:.3f}s; total {t2 - t0:.2f}s")
   return base.UnlearnResult(variables={**ctx.original, "params": params}, info=info)
 
 
@@ -404,6 +447,10 @@ def unlearn_dampening(name: str, importance_fn: Callable, uses_labels: bool, mod
                       **hparams: Any) -> base.UnlearnResult:
   """`ssd.unlearn` / `lfssd.unlearn`: I_D on `full`, I_Df on `forget`, then `dampen`."""
   cfg = base.method_config(name, config, **hparams)
+  if is_auto(cfg):
+    raise ConfigError(f"{name}.unlearn needs a number for alpha ('auto' chooses on a validation split, "
+                      f"which arrays do not name): pass alpha=..., or choose it with "
+                      f"ssd.select_alpha on an UnlearnContext")
   model, variables = as_classifier(model, variables)
   kw = dict(mode=cfg.mode, preprocess=preprocess, per_sample_chunk=int(cfg.per_sample_chunk))
   t0 = time.perf_counter()
@@ -450,6 +497,50 @@ def unlearn(model: Any, variables: Any, full: Any, forget: Any, config: Any = No
 IMPORTANCES: dict[str, tuple[Callable, bool]] = {"ssd": (ssd_importance, True)}
 
 
+def sweep_alpha(ctx, method: str, imp_full, imp_forget, alphas, lam: float, *,
+                target_forget_acc: float | None = None, criterion: str | None = None) -> dict:
+  """`select_alpha`'s sweep on importances already computed: dampen at each alpha, measure the
+  validation accuracies, choose by `criterion` (see `select_alpha`). Never reads the test split."""
+  alphas = [float(a) for a in (alphas if isinstance(alphas, (tuple, list)) else (alphas,))]
+  if not alphas or min(alphas) <= 0:
+    raise ConfigError(f"the alpha sweep needs positive alphas, got {alphas}")
+  data, info = ctx.data, ctx.data.info
+  forget_split, forget_name = data.forget_val, "forget_val"
+  if len(forget_split) == 0:
+    forget_split, forget_name = data.forget_train, "forget_train"
+  acc = lambda v, s: accuracy(ctx.model, v, s, info)  # noqa: E731
+  original = {"acc_forget": acc(ctx.original, forget_split),
+              "acc_retain_val": acc(ctx.original, data.retain_val)}
+  forget_mode = ctx.forget_mode
+  criterion = criterion or ("threshold" if forget_mode == "class" else "closest")
+  if criterion not in ("threshold", "closest"):
+    raise ConfigError(f"unknown alpha-selection criterion {criterion!r}; use 'threshold' or 'closest'")
+  if target_forget_acc is None:
+    target_forget_acc = (100.0 / ctx.num_classes if criterion == "threshold"
+                         else original["acc_retain_val"])
+  rows = []
+  for a in alphas:
+    v = {**ctx.original, "params": dampen(ctx.original["params"], imp_full, imp_forget, a, lam)}
+    row = {"alpha": a, "acc_forget": acc(v, forget_split), "acc_retain_val": acc(v, data.retain_val),
+           **selection_stats(imp_full, imp_forget, a)}
+    rows.append(row)
+    ctx.log(f"{method} alpha={a:g}: {forget_name} {row['acc_forget']:.2f}%  retain_val "
+            f"{row['acc_retain_val']:.2f}%  dampened {row['frac_selected']:.4%}")
+  closest = None
+  if criterion == "closest":
+    closest = (target_forget_acc, original["acc_retain_val"])
+    for r in rows:
+      r["score"] = closest_score(r["acc_forget"], r["acc_retain_val"], *closest)
+  # `_selection.selection_key`, DiStruction's rule too; ties go to the larger alpha (fewer dampened).
+  best = min(rows, key=lambda r: selection_key(r["acc_forget"], r["acc_retain_val"], target_forget_acc,
+                                               closest, tiebreak=(-r["alpha"],)))
+  result = {"method": method, "alpha": best["alpha"], "lam": lam, "criterion": criterion,
+            "target_forget_acc": target_forget_acc,
+            "target_met": bool(best["acc_forget"] <= target_forget_acc), "forget_split": forget_name,
+            "table": rows, "original": original}
+  return result
+
+
 def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | None = None,
                  uses_labels: bool | None = None, lam: float | None = None,
                  target_forget_acc: float | None = None, criterion: str | None = None,
@@ -486,41 +577,8 @@ def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | 
   cfg = ctx.cfg
   lam = float(cfg.lam if lam is None else lam)
   imp_full, imp_forget, imp_info = compute_importances(ctx, method, importance_fn, uses_labels, cfg)
-
-  data, info = ctx.data, ctx.data.info
-  forget_split, forget_name = data.forget_val, "forget_val"
-  if len(forget_split) == 0:
-    forget_split, forget_name = data.forget_train, "forget_train"
-  acc = lambda v, s: accuracy(ctx.model, v, s, info)  # noqa: E731
-  original = {"acc_forget": acc(ctx.original, forget_split),
-              "acc_retain_val": acc(ctx.original, data.retain_val)}
-  forget_mode = ctx.forget_mode
-  criterion = criterion or ("threshold" if forget_mode == "class" else "closest")
-  if criterion not in ("threshold", "closest"):
-    raise ConfigError(f"unknown alpha-selection criterion {criterion!r}; use 'threshold' or 'closest'")
-  if target_forget_acc is None:
-    target_forget_acc = (100.0 / ctx.num_classes if criterion == "threshold"
-                         else original["acc_retain_val"])
-  rows = []
-  for a in alphas:
-    v = {**ctx.original, "params": dampen(ctx.original["params"], imp_full, imp_forget, a, lam)}
-    row = {"alpha": a, "acc_forget": acc(v, forget_split), "acc_retain_val": acc(v, data.retain_val),
-           **selection_stats(imp_full, imp_forget, a)}
-    rows.append(row)
-    ctx.log(f"{method} alpha={a:g}: {forget_name} {row['acc_forget']:.2f}%  retain_val "
-            f"{row['acc_retain_val']:.2f}%  dampened {row['frac_selected']:.4%}")
-  closest = None
-  if criterion == "closest":
-    closest = (target_forget_acc, original["acc_retain_val"])
-    for r in rows:
-      r["score"] = closest_score(r["acc_forget"], r["acc_retain_val"], *closest)
-  # `_selection.selection_key`, DiStruction's rule too; ties go to the larger alpha (fewer dampened).
-  best = min(rows, key=lambda r: selection_key(r["acc_forget"], r["acc_retain_val"], target_forget_acc,
-                                               closest, tiebreak=(-r["alpha"],)))
-  result = {"method": method, "alpha": best["alpha"], "lam": lam, "criterion": criterion,
-            "target_forget_acc": target_forget_acc,
-            "target_met": bool(best["acc_forget"] <= target_forget_acc), "forget_split": forget_name,
-            "table": rows, "original": original,
+  result = {**sweep_alpha(ctx, method, imp_full, imp_forget, alphas, lam,
+                          target_forget_acc=target_forget_acc, criterion=criterion),
             "importance": imp_info}
   if write and ctx.workdir:
     atomic_write_json(os.path.join(ctx.workdir, f"alpha_sweep_{method}.json"), result)
@@ -530,4 +588,5 @@ def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | 
 __all__ = ["MODES", "LOSSES", "default_config", "cross_entropy", "output_norm_sq", "Normalize", "importance",
            "accumulate_importance", "ssd_importance", "dampen", "selection_stats", "concat_batches",
            "compute_importances", "run_dampening", "run", "unlearn", "unlearn_dampening", "select_alpha",
+           "sweep_alpha", "is_auto", "AUTO", "ALPHA_GRID",
            "IMPORTANCES", "validate_config", "full_importance_cache_path"]
