@@ -18,7 +18,7 @@ from typing import Callable
 from jax_unlearn import api, metrics
 from jax_unlearn import config as config_lib
 from jax_unlearn import methods as methods_lib
-from jax_unlearn.errors import ConfigError
+from jax_unlearn.errors import CheckpointError, ConfigError
 from jax_unlearn.io import atomic_write_json, read_json, workdir_lock
 from jax_unlearn.report import table
 from jax_unlearn.train import checkpoint, fingerprint
@@ -71,6 +71,31 @@ def _earlier_rows(workdir: str, cfg, fp: str, methods: tuple[str, ...]) -> list[
   return rows
 
 
+def _missing_columns(row: dict) -> list[str]:
+  """Metric columns registered after `row` was computed (a row holds every registered key, None for
+  metrics not asked for)."""
+  return [k for k in table.metric_keys() if k not in row]
+
+
+def _add_columns(row: dict, rdir: str, fp: str, original, get_suite, log) -> dict | None:
+  """A cached row that predates a newly registered metric: the metrics are evaluated again on the
+  method's saved model (`rdir/final`), keeping its wall time and info; None (run the method again)
+  when that model is missing or was saved for another fingerprint or architecture."""
+  final = os.path.join(rdir, "final")
+  if not checkpoint.has_variables(final):
+    return None
+  try:
+    variables = checkpoint.load_variables(final, original, expect_meta={"fingerprint": fp})
+  except CheckpointError:
+    return None
+  log(f"[experiment] {row['method']}: cached row lacks {', '.join(_missing_columns(row))}; "
+      "evaluating its saved model")
+  m = get_suite()(variables)
+  row = {**row, **{k: m.get(k) for k in table.metric_keys()}}
+  atomic_write_json(os.path.join(rdir, "row.json"), row)
+  return row
+
+
 def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   methods = config_lib.parse_methods(config.methods)
   if not methods:
@@ -94,9 +119,21 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
       log("[experiment] retrain model (gold standard)")
       retrain, retrain_wall = api.run_method(setup, workdir, "retrain", original, log)
       suite = None
+
+      def get_suite():
+        nonlocal suite
+        if suite is None:
+          log("[experiment] building the metric suite (shadow models, retrain relearn time)")
+          suite = metrics.MetricSuite(setup.model, setup.data, original_vars=original,
+                                      retrain_vars=retrain.variables, config=cfg, log=log,
+                                      cache_dir=shadow_dir(cfg, workdir))
+        return suite
+
       for i, method in enumerate(methods):
         rdir = api.run_dir(cfg, workdir, method)
         row = _load_row(os.path.join(rdir, "row.json"), fp)
+        if row is not None and _missing_columns(row):
+          row = _add_columns(row, rdir, fp, original, get_suite, log)
         if row is not None:
           log(f"[experiment] {i + 1}/{len(methods)} {method}: cached")
           rows.append(row)
@@ -109,12 +146,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
           result, wall = api.run_method(setup, workdir, method, original, log)
           checkpoint.save_variables(os.path.join(rdir, "final"), result.variables,
                                     {"method": method, "fingerprint": fp, "model": api.model_config(cfg)})
-        if suite is None:
-          log("[experiment] building the metric suite (shadow models, retrain relearn time)")
-          suite = metrics.MetricSuite(setup.model, setup.data, original_vars=original,
-                                      retrain_vars=retrain.variables, config=cfg, log=log,
-                                      cache_dir=shadow_dir(cfg, workdir))
-        m = suite(result.variables)
+        m = get_suite()(result.variables)
         row = {"method": method, "forget_classes": [int(c) for c in cfg.forget.classes]
                if cfg.forget.mode != "random" else [], "seed": seed,
                **{k: m.get(k) for k in table.metric_keys()}, "wall_s": wall,

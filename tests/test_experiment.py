@@ -46,6 +46,22 @@ def test_experiment_writes_table_and_reuses_rows_and_shadows(tmp_path):
     again = json.load(f)
   strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "info")} for r in rows]  # noqa
   assert strip(again["rows"]) == strip(table["rows"])
+  # A cached row from before a metric column existed: its saved model is evaluated again (no rerun of
+  # the method), and the other fields and the wall time are kept.
+  path = os.path.join(wd, "runs", "class-3_seed0", "finetune", "row.json")
+  with open(path) as f:
+    row = json.load(f)
+  old = dict(row)
+  del row["kl_to_retrain"], row["mia_i"]
+  with open(path, "w") as f:
+    json.dump(row, f)
+  logs3 = []
+  experiment.run(_config(), wd, log=logs3.append)
+  assert any("finetune: cached row lacks mia_i, kl_to_retrain" in m for m in logs3), logs3
+  assert not any("finetune: running" in m for m in logs3), logs3
+  with open(path) as f:
+    new = json.load(f)
+  assert new == old
 
 
 def test_row_fingerprint_and_shadow_dir_follow_the_config():

@@ -326,6 +326,29 @@ def test_select_alpha_uses_validation(cnn, tmp_path):
   assert out["alpha"] == min(out["table"], key=lambda r: (r["score"], -r["alpha"]))["alpha"]
 
 
+def test_auto_alpha_is_the_validation_choice_and_recorded(cnn, tmp_path):
+  """alpha='auto' (the default) dampens at the alpha `select_alpha` picks on the validation split over
+  `alpha_grid`, and records the choice and the sweep in info (metrics.json) and alpha_sweep_*.json."""
+  grid = (0.5, 1.0, 100.0)
+  ctx = _ctx(cnn, tmp_path, "lfssd", batch_size=32, alpha_grid=grid)
+  assert ssd.is_auto(ctx.cfg) and lfssd.default_config().alpha == ssd.AUTO
+  res = lfssd.run(ctx)
+  choice = ssd.select_alpha(ctx, grid, "lfssd", write=False)
+  assert res.info["alpha_auto"] and res.info["alpha"] == choice["alpha"]
+  assert [r["alpha"] for r in res.info["alpha_selection"]["table"]] == list(grid)
+  assert res.info["alpha_selection"]["forget_split"] == "forget_val"
+  json.dumps(res.info)
+  fixed = lfssd.run(_ctx(cnn, tmp_path, "lfssd", batch_size=32, alpha=choice["alpha"]))
+  assert "alpha_auto" not in fixed.info
+  _allclose_trees(res.variables["params"], fixed.variables["params"], rtol=0, atol=0)
+  with open(tmp_path / "lfssd" / "alpha_sweep_lfssd.json") as f:
+    assert json.load(f)["alpha"] == choice["alpha"]
+  # The functional API has no validation split: 'auto' is one line naming the fix.
+  model, v, x, y = cnn
+  with pytest.raises(ConfigError, match="needs a number for alpha"):
+    lfssd.unlearn(model, v, x, x[:4])
+
+
 def test_config_errors(cnn, tmp_path):
   with pytest.raises(ConfigError, match="fisher"):
     ssd.validate_config(_ctx(cnn, tmp_path, "ssd", mode="fisher").cfg)

@@ -38,9 +38,9 @@ from typing import Any, Callable, Iterable
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_dict
 import numpy as np
 import optax
+from ml_collections import config_dict
 
 from jax_unlearn.errors import ConfigError, DataError
 from jax_unlearn.io import atomic_write_json
