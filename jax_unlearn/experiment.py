@@ -77,9 +77,10 @@ def _missing_columns(row: dict) -> list[str]:
   return [k for k in table.metric_keys() if k not in row]
 
 
-def _add_columns(row: dict, rdir: str, fp: str, original, get_suite, log) -> dict | None:
-  """A cached row that predates a newly registered metric: the metrics are evaluated again on the
-  method's saved model (`rdir/final`), keeping its wall time and info; None (run the method again)
+def _add_columns(row: dict, rdir: str, fp: str, original, get_suite, config, log) -> dict | None:
+  """A cached row that predates a newly registered metric column: the metrics owning the missing
+  columns (and configured in `config.metrics.names`) are evaluated on the method's saved model
+  (`rdir/final`); every other field, the wall time and info are kept. None (run the method again)
   when that model is missing or was saved for another fingerprint or architecture."""
   final = os.path.join(rdir, "final")
   if not checkpoint.has_variables(final):
@@ -88,10 +89,13 @@ def _add_columns(row: dict, rdir: str, fp: str, original, get_suite, log) -> dic
     variables = checkpoint.load_variables(final, original, expect_meta={"fingerprint": fp})
   except CheckpointError:
     return None
-  log(f"[experiment] {row['method']}: cached row lacks {', '.join(_missing_columns(row))}; "
-      "evaluating its saved model")
-  m = get_suite()(variables)
-  row = {**row, **{k: m.get(k) for k in table.metric_keys()}}
+  missing = _missing_columns(row)
+  configured = set(metrics.resolve_config(config)[0].names)
+  owners = tuple(s.name for s in metrics.specs() if s.name in configured and set(s.keys) & set(missing))
+  log(f"[experiment] {row['method']}: cached row lacks {', '.join(missing)}; evaluating "
+      f"{', '.join(owners) or 'nothing (not configured)'} on its saved model")
+  m = get_suite(owners)(variables) if owners else {}
+  row = {**row, **{k: m.get(k) for k in missing}}
   atomic_write_json(os.path.join(rdir, "row.json"), row)
   return row
 
@@ -118,22 +122,27 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
                               length=16)
       log("[experiment] retrain model (gold standard)")
       retrain, retrain_wall = api.run_method(setup, workdir, "retrain", original, log)
-      suite = None
+      suites = {}
 
-      def get_suite():
-        nonlocal suite
-        if suite is None:
-          log("[experiment] building the metric suite (shadow models, retrain relearn time)")
-          suite = metrics.MetricSuite(setup.model, setup.data, original_vars=original,
-                                      retrain_vars=retrain.variables, config=cfg, log=log,
-                                      cache_dir=shadow_dir(cfg, workdir))
-        return suite
+      def get_suite(names=None):
+        """The metric suite (built once), or one restricted to `names` (new columns of cached rows)."""
+        if names not in suites:
+          c = cfg
+          if names is None:
+            log("[experiment] building the metric suite (shadow models, retrain relearn time)")
+          else:
+            c = cfg.copy_and_resolve_references()
+            c.metrics.names = tuple(names)
+          suites[names] = metrics.MetricSuite(setup.model, setup.data, original_vars=original,
+                                              retrain_vars=retrain.variables, config=c, log=log,
+                                              cache_dir=shadow_dir(cfg, workdir))
+        return suites[names]
 
       for i, method in enumerate(methods):
         rdir = api.run_dir(cfg, workdir, method)
         row = _load_row(os.path.join(rdir, "row.json"), fp)
         if row is not None and _missing_columns(row):
-          row = _add_columns(row, rdir, fp, original, get_suite, log)
+          row = _add_columns(row, rdir, fp, original, get_suite, cfg, log)
         if row is not None:
           log(f"[experiment] {i + 1}/{len(methods)} {method}: cached")
           rows.append(row)
