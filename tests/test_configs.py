@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jax_unlearn import api, data
+from jax_unlearn import api, data, models
 from jax_unlearn import config as config_lib
 from jax_unlearn.methods import base
 from jax_unlearn.train import sharding, supervised
@@ -23,12 +23,31 @@ def _get(name, arg=None):
 
 
 @pytest.mark.parametrize("name,arg", [("digits", None), ("digits", "random"), ("cifar20_vit", "subclass"),
-                                      ("cifar100_resnet18", "ten")] + [(p, None) for p in PAPER])
+                                      ("cifar100_resnet18", "ten"), ("fashion_mnist", None),
+                                      ("fashion_mnist", "random"), ("digits_audit", None)]
+                         + [(p, None) for p in PAPER])
 def test_config_validates(name, arg):
   c = _get(name, arg)
   config_lib.validate(c)
   assert c.dataset.name in data.DATASETS
   assert set(config_lib.parse_methods(c.methods)) <= set(base.names())
+
+
+def test_alpha_is_chosen_on_validation_except_where_a_value_is_recorded():
+  """SSD/LFSSD alpha: 'auto' by default; digits keeps its recorded validation choices (6 / 8.5) and
+  the paper configs the papers' values."""
+  assert (_get("fashion_mnist").ssd.alpha, _get("fashion_mnist").lfssd.alpha) == ("auto", "auto")
+  assert (_get("digits").ssd.alpha, _get("digits").lfssd.alpha) == (8.5, 6.0)
+  for p in PAPER:
+    assert isinstance(_get(p).ssd.alpha, float) and isinstance(_get(p).lfssd.alpha, float), p
+
+
+def test_fashion_mnist_config_model_and_forget_set():
+  c = _get("fashion_mnist")
+  model = models.create_classifier(c.model, 10)
+  assert model.stem_stride == 2 and c.forget.classes == (6,)
+  assert _get("fashion_mnist", "random").forget.mode == "random"
+  assert _get("fashion_mnist", "random").forget.num_samples == 480
 
 
 def test_vit_configs_carry_the_reference_vit_settings():
