@@ -22,7 +22,8 @@ all. Per evaluated model, the member and non-member confidence pools are each sp
 side halved separately, so the split is stratified), the same SVC is fitted on the first halves and
 scored on the second: balanced accuracy = (TPR + TNR) / 2 in percent; 50 = no usable membership
 signal. `mia_i` itself is unchanged (still fitted on the whole pools). Cost: the SVC fit is quadratic
-in its sample count, so the half-size fit adds about a quarter of MIA-I's fit.
+in its sample count, so the half-size fit costs at most about a quarter of MIA-I's at large pools; on
+digits (404 members + 404 non-members) MIA-I takes 0.02-0.04 s per model and this estimate 0.01-0.02 s.
 """
 
 from __future__ import annotations

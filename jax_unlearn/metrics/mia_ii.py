@@ -71,7 +71,7 @@ STREAM_EVAL = 31
 STREAM_IN_OUT = 32
 STREAM_ORDER = 33
 ATTACKS = ("hgb", "logreg", "mlp")
-MAX_HELDOUT_SHADOWS = 4  # leave-one-shadow-out fits (each ~2 s for hgb on digits' ~80k rows)
+MAX_HELDOUT_SHADOWS = 4  # leave-one-shadow-out fits (digits, S=4, 2,692 rows: 2.1 s for all four)
 
 
 @dataclasses.dataclass
