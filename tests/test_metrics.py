@@ -267,6 +267,14 @@ def test_metric_suite_end_to_end(model_vars, data):
   assert row["mia_i"] == metrics.mia_i.mia_i(model, orig, data, max_samples=10000, seed=suite.seed)
   assert row["mia_entropy"] == mia_entropy.mia_entropy(model, orig, data, seed=suite.seed)
   assert row["mia_ii"] == metrics.mia_ii_f1(suite.evaluators["mia_ii"].attack, model, orig, data)
+  # The attacks' held-out accuracies: MIA-I's from the same pools' confidences, MIA-II's one per suite.
+  member, nonmember, _ = mia_i.mia_i_pools(data, max_samples=10000, seed=suite.seed)
+  conf = lambda split, idx: np.asarray(mia_i.true_label_confidence(  # noqa: E731
+      suite.logits_of(orig, split.images[idx]), split.labels[idx]))
+  assert row["mia_i_attack_acc"] == mia_i.mia_i_attack_accuracy(conf(data.train, member),
+                                                                conf(data.test, nonmember), suite.seed)
+  assert 0.0 <= row["mia_i_attack_acc"] <= 100.0 and 0.0 <= row["mia_ii_attack_acc"] <= 100.0
+  assert same["mia_ii_attack_acc"] == row["mia_ii_attack_acc"] == suite.info()["mia_ii_attack_acc"]
   assert row["kl_to_retrain"] == pytest.approx(
       metrics.kl_to_retrain(model, orig, retrain, data.forget_test.images, data.info), rel=1e-5)
   # Cached parts are reused: a second suite given the shadows does not retrain them.

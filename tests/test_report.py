@@ -13,13 +13,13 @@ def test_results_schema_and_table(tmp_path):
   rows = [_row("retrain", 0, 0.0, 99.0), _row("ispf", 0, 1.0, 95.0), _row("ispf", 1, 3.0, 97.0)]
   table.write_results(str(tmp_path), {"seed": 0}, rows, title="digits")
   res = json.loads((tmp_path / "results.json").read_text())
-  assert set(res) == {"config", "rows"}
+  assert set(res) == {"config", "rows", "summary", "summary_info", "paired"}
   assert [r["method"] for r in res["rows"]] == ["retrain", "ispf", "ispf"]
   for r in res["rows"]:
     assert tuple(r) == table.row_keys()          # exactly the documented keys, in order
   assert res["rows"][0]["mia_entropy"] is None  # NaN is written as null, never as invalid JSON
   md = (tmp_path / "results.md").read_text()
-  assert "| ispf | 3 | 2 | 2.00 ± 1.00 | 96.00 ± 1.00 |" in md  # mean ± std over seeds
+  assert "| ispf | 3 | 2 | 2.00 ± 1.41 | 96.00 ± 1.41 |" in md  # mean ± std (ddof=1) over seeds
   assert "| retrain | 3 | 1 | 0.00 | 99.00 |" in md
   assert (tmp_path / "results.csv").read_text().splitlines()[0].split(",") == list(table.row_keys())
   assert (tmp_path / "results.png").stat().st_size > 1000
@@ -33,8 +33,8 @@ def test_capped_ain_missing_seeds_and_random_mode_are_visible(tmp_path):
   res = json.loads((tmp_path / "results.json").read_text())
   assert [r["ain_reached"] for r in res["rows"]] == [False, True, None, None]
   md = (tmp_path / "results.md").read_text()
-  assert "| pd | 3 | 1 | 0.00 | 98.00 | 100.00 | 30.00 | n/a | ≥ 4.444 |" in md  # a lower bound
-  assert "| gkt | 3 | 1 | 0.00 | 97.00 | 100.00 | 30.00 | n/a | 1.000 |" in md
+  assert "| pd | 3 | 1 | 0.00 | 98.00 | 100.00 | n/a | 30.00 | n/a | n/a | ≥ 4.444 |" in md  # a lower bound
+  assert "| gkt | 3 | 1 | 0.00 | 97.00 | 100.00 | n/a | 30.00 | n/a | n/a | 1.000 |" in md
   assert "| 30.00 (1 of 2) |" in md                       # MIA-II known for one of two seeds
   assert "Acc D_f test (%)" in md and "forget-class test images" in md
   table.write_results(str(tmp_path), {"forget": {"mode": "random"}}, rows)

@@ -1,8 +1,10 @@
 """Evaluation metrics, one file per metric, registered by name (`metrics.base`):
 
 * `acc` (accuracy.py): acc_forget, acc_retain (percent; test split, or forget-train for random forgetting)
-* `mia_i` (mia_i.py): SalUn confidence SVC; percent of forget-train called non-member
-* `mia_ii` (mia_ii.py): Shokri shadow-model attack, F1 percent
+* `mia_i` (mia_i.py): SalUn confidence SVC; percent of forget-train called non-member; the attack's
+  held-out balanced accuracy (mia_i_attack_acc)
+* `mia_ii` (mia_ii.py): Shokri shadow-model attack, F1 percent; the attack's leave-one-shadow-out
+  balanced accuracy (mia_ii_attack_acc)
 * `mia_entropy` (mia_entropy.py): SSD entropy attack; percent of forget-train called member
 * `ain` (ain.py): GKT relearn-steps ratio
 * `kl` (kl.py): mean KL(p_unlearned || p_retrain) on forget test images
@@ -56,11 +58,11 @@ _FUNCTIONS = {
     "kl": ("kl_to_retrain", "mean_kl_from_logits", "kl_divergence_from_logits"),
     "ain": ("relearn", "relearn_steps", "relearn_set_index", "ain_eval_split", "ain_target",
             "anamnesis_index", "RelearnResult"),
-    "mia_i": ("mia_i_from_confidences", "mia_i_from_logits", "mia_i_pools", "true_label_confidence",
-              "retain_member_index"),
+    "mia_i": ("mia_i_from_confidences", "mia_i_from_logits", "mia_i_attack_accuracy", "mia_i_pools",
+              "true_label_confidence", "retain_member_index"),
     "mia_entropy": ("mia_entropy_from_entropies", "mia_entropy_from_logits", "softmax_entropy"),
-    "mia_ii": ("train_shadow_models", "fit_attack", "mia_ii_f1", "mia_ii_f1_from_logits", "mia_ii_pools",
-               "ShadowModels", "Attack"),
+    "mia_ii": ("train_shadow_models", "fit_attack", "heldout_attack_accuracy", "mia_ii_f1",
+               "mia_ii_f1_from_logits", "mia_ii_pools", "ShadowModels", "Attack"),
 }
 _WHERE = {f: m for m, fs in _FUNCTIONS.items() for f in fs}
 __all__ += sorted(_WHERE)

@@ -15,6 +15,15 @@ Protocol (`OPTML-Group/Unlearn-Saliency: Classification/evaluation/SVC_MIA.py`, 
 * MIA-I = 100 * (1 - mean SVC prediction on the target) = percent of forget training samples
   called non-members. Full-class forgetting saturates it at 100 whenever forget accuracy is ~0.
 The attack is refitted for every evaluated model (its features are that model's outputs), as SalUn does.
+
+**The attack's own held-out accuracy** (`mia_i_attack_acc`, `mia_i_attack_accuracy`): MIA-I near 100 on
+a forgotten class is only evidence of forgetting if the attack can tell members from non-members at
+all. Per evaluated model, the member and non-member confidence pools are each split 50/50 (seeded; each
+side halved separately, so the split is stratified), the same SVC is fitted on the first halves and
+scored on the second: balanced accuracy = (TPR + TNR) / 2 in percent; 50 = no usable membership
+signal. `mia_i` itself is unchanged (still fitted on the whole pools). Cost: the SVC fit is quadratic
+in its sample count, so the half-size fit costs at most about a quarter of MIA-I's at large pools; on
+digits (404 members + 404 non-members) MIA-I takes 0.02-0.04 s per model and this estimate 0.01-0.02 s.
 """
 
 from __future__ import annotations
@@ -30,11 +39,12 @@ from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.train.evaluate import predict_logits
 
 __all__ = ["true_label_confidence", "sample_index", "retain_member_index", "fit_predict_1d",
-           "mia_i_from_confidences", "mia_i_from_logits", "mia_i_pools", "mia_i", "MiaI",
-           "member_pool_config", "check_member_pool"]
+           "mia_i_from_confidences", "mia_i_from_logits", "mia_i_attack_accuracy", "balanced_accuracy",
+           "mia_i_pools", "mia_i", "MiaI", "member_pool_config", "check_member_pool"]
 
 # Independent seeded streams (np.random.default_rng([seed, stream])) for every subsample we draw.
 STREAM_MEMBERS = 11
+STREAM_HELDOUT = 13  # the 50/50 split of `mia_i_attack_accuracy`
 
 
 @jax.jit
@@ -82,6 +92,36 @@ def mia_i_from_confidences(member_conf, nonmember_conf, target_conf) -> float:
   pred = fit_predict_1d(SVC(C=3, gamma="auto", kernel="rbf"), member_conf, nonmember_conf, target_conf,
                         "MIA-I needs both member (retain-train) and non-member (retain-test) samples")
   return float("nan") if pred is None else float(100.0 * (1.0 - pred.mean()))
+
+
+def balanced_accuracy(pred_member, pred_nonmember) -> float:
+  """(TPR + TNR) / 2 in percent from 0/1 "member" predictions on true members and true non-members."""
+  pm, pn = np.asarray(pred_member, np.float64), np.asarray(pred_nonmember, np.float64)
+  return float(100.0 * 0.5 * (pm.mean() + (1.0 - pn.mean())))
+
+
+def mia_i_attack_accuracy(member_conf, nonmember_conf, seed: int = 0) -> float:
+  """Held-out balanced accuracy (percent) of the MIA-I attack on its own pools.
+
+  Each pool (1-D true-label confidences) is permuted with `np.random.default_rng([seed, 13, side])`
+  and split in half (stratified: members and non-members are halved separately); an RBF-SVC (C=3,
+  gamma='auto', as `mia_i_from_confidences`) is fitted on the first halves and scored on the second:
+  (TPR + TNR) / 2. About 50 when the confidences carry no membership signal. NaN when either pool has
+  fewer than 2 samples (nothing to hold out).
+  """
+  member, nonmember = (np.asarray(a, np.float64).reshape(-1) for a in (member_conf, nonmember_conf))
+  if len(member) < 2 or len(nonmember) < 2:
+    return float("nan")
+  halves = []
+  for side, x in ((1, member), (0, nonmember)):
+    perm = np.random.default_rng([seed, STREAM_HELDOUT, side]).permutation(len(x))
+    halves.append((x[perm[:len(x) // 2]], x[perm[len(x) // 2:]]))
+  (m_fit, m_eval), (n_fit, n_eval) = halves
+  from sklearn.svm import SVC  # scikit-learn only when an attack is fitted (import time)
+  clf = SVC(C=3, gamma="auto", kernel="rbf")
+  pred = fit_predict_1d(clf, m_fit, n_fit, np.concatenate([m_eval, n_eval]), "MIA-I's held-out "
+                        "accuracy needs member and non-member samples")
+  return balanced_accuracy(pred[:len(m_eval)], pred[len(m_eval):])
 
 
 def mia_i_from_logits(member_logits, member_labels, nonmember_logits, nonmember_labels,
@@ -133,11 +173,12 @@ def add_member_pool(suite) -> np.ndarray:
   return idx
 
 
-@register("mia_i", columns=(("mia_i", "MIA-I (%)", "{:.2f}"),), order=30,
+@register("mia_i", columns=(("mia_i", "MIA-I (%)", "{:.2f}"),
+                            ("mia_i_attack_acc", "MIA-I attack acc (%)", "{:.1f}")), order=30,
           default_config=member_pool_config, validate_config=check_member_pool)
 class MiaI(Evaluator):
   """MIA-I from the shared test, forget-train and retain-member logits (the SVC is refitted per
-  model, as SalUn does)."""
+  model, as SalUn does), and the attack's held-out balanced accuracy on the same pools."""
 
   def __init__(self, suite):
     super().__init__(suite)
@@ -147,10 +188,12 @@ class MiaI(Evaluator):
   def __call__(self, out) -> dict:
     d, n = self.suite.data, len(self.member)  # the MIA-I members are this prefix of `member_idx`
     train_y, test_y = np.asarray(d.train.labels), np.asarray(d.test.labels)
-    return {"mia_i": mia_i_from_logits(
-        out.logits("retain_members")[:n], train_y[self.member_idx[:n]],
-        out.logits("test")[self.nonmember], test_y[self.nonmember],
-        out.logits("forget_train"), train_y[self.suite.forget_idx])}
+    conf = lambda lg, lb: np.asarray(true_label_confidence(lg, lb))  # noqa: E731
+    member = conf(out.logits("retain_members")[:n], train_y[self.member_idx[:n]])
+    nonmember = conf(out.logits("test")[self.nonmember], test_y[self.nonmember])
+    target = conf(out.logits("forget_train"), train_y[self.suite.forget_idx])
+    return {"mia_i": mia_i_from_confidences(member, nonmember, target),
+            "mia_i_attack_acc": mia_i_attack_accuracy(member, nonmember, self.suite.seed)}
 
   def info(self) -> dict:
     return {"mia_i_members": len(self.member), "mia_i_nonmembers": len(self.nonmember)}

@@ -21,6 +21,8 @@ import numpy as np
 
 from jax_unlearn.errors import ConfigError, DataError
 
+__all__ = ["PAIR_KEYS", "runs_from_results", "load_runs", "paired", "markdown"]
+
 # The fields that identify a run apart from its method: runs of A and B pair when these are equal.
 PAIR_KEYS = ("dataset", "model", "forget_mode", "forget_classes", "forget_samples", "seed")
 
@@ -31,7 +33,9 @@ def _record(raw: dict, source: str, defaults: dict | None = None) -> dict:
   return r
 
 
-def _from_results(d: dict, path: str) -> list[dict]:
+def runs_from_results(d: dict, path: str) -> list[dict]:
+  """The runs of one results.json table `d` (one per row; data set, model and forget mode from its
+  config), with sources "<path>#<row index>"."""
   cfg = d.get("config") or {}
   defaults = {"dataset": (cfg.get("dataset") or {}).get("name"),
               "model": (cfg.get("model") or {}).get("name"),
@@ -65,7 +69,7 @@ def load_runs(paths: Iterable[str]) -> list[dict]:
     except (OSError, json.JSONDecodeError) as e:
       raise DataError(f"cannot read {f}: {e}; remove the file or re-run the job that wrote it.") from e
     if isinstance(d, dict) and "rows" in d:
-      runs += _from_results(d, f)
+      runs += runs_from_results(d, f)
     elif isinstance(d, dict) and "method" in d:
       runs.append(_record(d, f))
   if not runs:
