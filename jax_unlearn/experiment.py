@@ -153,8 +153,9 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
           result, wall = retrain, retrain.info.get("train_s", retrain_wall)
         else:
           result, wall = api.run_method(setup, workdir, method, original, log)
-          checkpoint.save_variables(os.path.join(rdir, "final"), result.variables,
-                                    {"method": method, "fingerprint": fp, "model": api.model_config(cfg)})
+        # Every row's model, Retrain's too: a later metric column is evaluated on it (`_add_columns`).
+        checkpoint.save_variables(os.path.join(rdir, "final"), result.variables,
+                                  {"method": method, "fingerprint": fp, "model": api.model_config(cfg)})
         m = get_suite()(result.variables)
         row = {"method": method, "forget_classes": [int(c) for c in cfg.forget.classes]
                if cfg.forget.mode != "random" else [], "seed": seed,
