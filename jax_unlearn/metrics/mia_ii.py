@@ -64,7 +64,7 @@ from jax_unlearn.models import init_variables
 from jax_unlearn.models.conv import loop_safe_convs
 from jax_unlearn.train.evaluate import predict_logits
 from jax_unlearn.train.loop import run_chunks
-from jax_unlearn.train.steps import loss_and_grads
+from jax_unlearn.train.steps import loss_and_grads, scan_member_steps
 from jax_unlearn.train.supervised import make_optimizer
 
 STREAM_EVAL = 31
@@ -197,15 +197,7 @@ def train_shadows_scan(apply_fn, state, idx, keys, images, labels, mean, std, t0
   def one(state, idx_t, key):
     return step(state, idx_t, key, images, labels, mean, std)
 
-  if vmapped:
-    one = jax.vmap(one)
-
-  def body(state, xs):
-    t, idx_t = xs
-    k = jax.vmap(jax.random.fold_in, (0, None))(keys, t) if vmapped else jax.random.fold_in(keys, t)
-    return one(state, idx_t, k)
-
-  return jax.lax.scan(body, state, (t0 + jnp.arange(idx.shape[0]), idx))
+  return scan_member_steps(one, state, idx, keys, t0, vmapped)
 
 
 def _init_state(model, key, image_shape, tx):

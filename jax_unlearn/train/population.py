@@ -61,7 +61,7 @@ from jax_unlearn.models import init_variables
 from jax_unlearn.models.conv import _loop_safe_convs, matmul_convs
 from jax_unlearn.train import fingerprint, sharding
 from jax_unlearn.train.loop import run_chunks
-from jax_unlearn.train.steps import TrainState, sgd_step
+from jax_unlearn.train.steps import TrainState, scan_member_steps, sgd_step
 from jax_unlearn.train.supervised import make_optimizer
 
 __all__ = ["Population", "LAYOUTS", "CONVS", "default_config", "validate_config", "parse_layout",
@@ -256,17 +256,9 @@ def train_steps(state, idx, keys, t0, images, labels, mean, std, *, augment: boo
   def one(s, i, k):
     return _member_step(s, i, k, images, labels, mean, std, augment)
 
-  if vmapped:
-    one = jax.vmap(one)
-
-  def body(s, xs):
-    t, idx_t = xs
-    k = jax.vmap(jax.random.fold_in, (0, None))(keys, t) if vmapped else jax.random.fold_in(keys, t)
-    return one(s, idx_t, k)
-
   # The interceptor is entered while tracing, and `conv` is static: each conv gets its own program.
   with _convs(conv):
-    return jax.lax.scan(body, state, (t0 + jnp.arange(idx.shape[0]), idx))
+    return scan_member_steps(one, state, idx, keys, t0, vmapped)
 
 
 def _group_epoch(state, idx, keys, t0, args, augment, chunk_size, conv):

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-__all__ = ["TrainState", "CrossEntropy", "SoftTargetKL", "cross_entropy", "loss_and_grads", "sgd_step"]
+__all__ = ["TrainState", "CrossEntropy", "SoftTargetKL", "cross_entropy", "loss_and_grads", "sgd_step",
+           "scan_member_steps"]
 
 
 class TrainState(train_state.TrainState):
@@ -84,3 +85,20 @@ def sgd_step(state: TrainState, x, targets, *, loss_fn: Callable = CrossEntropy(
   (loss, (logits, batch_stats)), grads = loss_and_grads(state.apply_fn, state.params, state.batch_stats,
                                                         x, targets, loss_fn=loss_fn, weight=weight)
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss, logits
+
+
+def scan_member_steps(one: Callable, state: Any, idx: jax.Array, keys: jax.Array, t0, vmapped: bool):
+  """`lax.scan` of `one(state, idx_t, key_t) -> (state, loss)` over the rows of `idx`: row t is global
+  step t0 + t and uses `fold_in(key, t0 + t)`, so a schedule run in pieces equals one scan over it.
+  vmapped: `state` is stacked over members, `idx` [T, G, B] and `keys` [G] (one key per member);
+  else one member, `idx` [T, B] and one key. Used by the model populations and the MIA-II shadows.
+  Returns (state, losses [T(, G)])."""
+  if vmapped:
+    one = jax.vmap(one)
+
+  def body(s, xs):
+    t, idx_t = xs
+    k = jax.vmap(jax.random.fold_in, (0, None))(keys, t) if vmapped else jax.random.fold_in(keys, t)
+    return one(s, idx_t, k)
+
+  return jax.lax.scan(body, state, (t0 + jnp.arange(idx.shape[0]), idx))
