@@ -62,7 +62,7 @@ from jax_unlearn.errors import ConfigError, DataError
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.models import init_variables
 from jax_unlearn.models.conv import loop_safe_convs
-from jax_unlearn.train.evaluate import predict_logits
+from jax_unlearn.train.evaluate import padded_batches, predict_logits
 from jax_unlearn.train.loop import run_chunks
 from jax_unlearn.train.steps import loss_and_grads, scan_member_steps
 from jax_unlearn.train.supervised import make_optimizer
@@ -331,13 +331,8 @@ def stacked_predict_probs(model, stacked_vars, images, info, batch_size: int = 5
   """Softmax outputs `[S, N, K]` of S stacked models on raw images (batched, padded, jitted)."""
   images = np.asarray(images, np.float32)
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
-  outs = []
-  for i in range(0, len(images), batch_size):
-    chunk = images[i:i + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
-    outs.append(np.asarray(_stacked_probs(model.apply, stacked_vars, chunk, mean, std))[:, :batch_size - pad])
+  outs = [np.asarray(_stacked_probs(model.apply, stacked_vars, chunk, mean, std))[:, :valid]
+          for chunk, valid in padded_batches(images, batch_size)]
   return np.concatenate(outs, axis=1)
 
 

@@ -17,7 +17,18 @@ import numpy as np
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.models.adapters import as_classifier
 
-__all__ = ["predict_logits", "accuracy"]
+__all__ = ["predict_logits", "accuracy", "padded_batches"]
+
+
+def padded_batches(images: np.ndarray, batch_size: int):
+  """Yields `(chunk, valid)`: consecutive `batch_size` rows of `images`, the last one zero-padded to
+  `batch_size` (so one compiled program serves every batch), and how many of its rows are real."""
+  for i in range(0, len(images), batch_size):
+    chunk = images[i:i + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
+    yield chunk, batch_size - pad
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "features"))
@@ -37,25 +48,18 @@ def predict_logits(model: Any, variables: Any, images: Any, info: Any = None, ba
   k = getattr(model, "num_classes", None)
   model, variables = as_classifier(model, variables)
   images = np.asarray(images, np.float32)
-  n = len(images)
   if info is None:
     mean, std = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
   else:
     mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
   outs, feats = [], []
-  for i in range(0, max(n, 1), batch_size):
-    chunk = images[i:i + batch_size]
-    if len(chunk) == 0:
-      break
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
+  for chunk, valid in padded_batches(images, batch_size):
     out = _logits(model.apply, variables, chunk, mean, std, features)
     if features:
-      outs.append(np.asarray(out[0])[:batch_size - pad])
-      feats.append(np.asarray(out[1])[:batch_size - pad])
+      outs.append(np.asarray(out[0])[:valid])
+      feats.append(np.asarray(out[1])[:valid])
     else:
-      outs.append(np.asarray(out)[:batch_size - pad])
+      outs.append(np.asarray(out)[:valid])
   logits = np.concatenate(outs) if outs else np.zeros((0, k or 0), np.float32)
   if features:
     return logits, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32))

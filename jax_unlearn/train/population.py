@@ -60,6 +60,7 @@ from jax_unlearn.errors import ConfigError, DataError
 from jax_unlearn.models import init_variables
 from jax_unlearn.models.conv import _loop_safe_convs, matmul_convs
 from jax_unlearn.train import fingerprint, sharding
+from jax_unlearn.train.evaluate import padded_batches
 from jax_unlearn.train.loop import run_chunks
 from jax_unlearn.train.steps import TrainState, scan_member_steps, sgd_step
 from jax_unlearn.train.supervised import make_optimizer
@@ -393,16 +394,11 @@ def stacked_logits(model, variables, images, info, *, batch_size: int = 512, lay
     hi = min(lo + k, num)
     sub = take(variables, slice(lo, hi))
     outs = []
-    for s in range(0, len(images), batch_size):
-      chunk = images[s:s + batch_size]
-      pad = batch_size - len(chunk)
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
+    for chunk, valid in padded_batches(images, batch_size):
       if hi - lo > 1:
-        outs.append(np.asarray(_logits(apply, sub, chunk, mean, std, True, conv))[:, :batch_size - pad])
+        outs.append(np.asarray(_logits(apply, sub, chunk, mean, std, True, conv))[:, :valid])
       else:
-        outs.append(np.asarray(_logits(apply, take(sub, 0), chunk, mean, std, False,
-                                       "xla"))[None, :batch_size - pad])
+        outs.append(np.asarray(_logits(apply, take(sub, 0), chunk, mean, std, False, "xla"))[None, :valid])
     rows.append(np.concatenate(outs, axis=1))
   return np.concatenate(rows, axis=0)
 
