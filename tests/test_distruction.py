@@ -621,3 +621,51 @@ def test_run_with_every_objective(trained, posterior, tmp_path, objective):
   result = base.get("distruction")(_ctx(cfg, model, variables, _NoRetainTrainData(data), tmp_path))
   chex.assert_trees_all_equal_shapes_and_dtypes(result.variables, variables)
   assert result.info["objective"] == objective and result.info["forget_steps"] in (2, 4)
+
+
+def test_preparation_step_with_matmul_convs_equals_xla_convolution(trained):
+  """`matmul_convs` in the preparation changes how the K vmapped convolutions run, not what they
+  compute: one BGD step agrees with XLA's convolution to float32 rounding."""
+  from jax_unlearn.methods import _posterior as P
+
+  class ConvNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      h = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
+      h = nn.relu(nn.Conv(16, (3, 3))(h))
+      return nn.Dense(10)(h.mean(axis=(1, 2)))
+
+  _, _, data = trained
+  x = np.asarray(data.train.images[:64], np.float32)
+  y = np.asarray(data.train.labels[:64], np.int32)
+  model = ConvNet()
+  params = model.init(jax.random.key(0), x[:2])["params"]
+  tx = P.bgd_tx(0.0, 0.02)
+  state = tx.init(params)
+  out = {}
+  for matmul in (False, True):
+    step = functools.partial(P.prepare_step, apply_fn=model.apply, tx=tx, num_samples=4,
+                             bn_mode="eval", vectorize="vmap", matmul=matmul)
+    args = (state, None, jax.random.key(3), x, y, 0.3052, 0.376)
+    out[matmul] = step(*args)
+    # The GEMM route leaves no convolution in the program; the default keeps XLA's.
+    assert ("conv_general_dilated" in str(jax.make_jaxpr(step)(*args))) is not matmul
+  chex.assert_trees_all_close(out[True][0].std, out[False][0].std, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(out[True][1], out[False][1], rtol=1e-5)
+  moved = np.asarray(out[True][0].std["Conv_0"]["kernel"]) - np.asarray(state.std["Conv_0"]["kernel"])
+  assert np.abs(moved).max() > 1e-6                                      # the step moved σ of a conv
+
+
+def test_retain_subset_is_a_fixed_subset_without_replacement(trained):
+  _, _, data = trained
+  split = data.retain_val
+  assert D.retain_subset(split, 0, 5) is split and D.retain_subset(split, len(split), 5) is split
+  a, b = D.retain_subset(split, 50, 5), D.retain_subset(split, 50, 5)
+  assert len(a) == 50
+  np.testing.assert_array_equal(a.images, b.images)                       # seeded: reproducible
+  rows = {r.tobytes() for r in split.images.reshape(len(split), -1)}
+  picked = [r.tobytes() for r in a.images.reshape(50, -1)]
+  assert set(picked) <= rows
+  assert not np.array_equal(a.images, D.retain_subset(split, 50, 6).images)
+  with pytest.raises(ConfigError, match="select_retain_samples"):
+    D.validate_config(_cfg(select_retain_samples=-1).distruction)

@@ -19,6 +19,7 @@ import time
 import zlib
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +27,7 @@ import optax
 
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import CheckpointError, DataError
+from jax_unlearn.models.conv import matmul_convs
 from jax_unlearn.optim.bgd import BGDState, bgd, bgd_expectations
 from jax_unlearn.train import fingerprint
 from jax_unlearn.train.checkpoint import has_variables, load_variables, save_variables
@@ -53,21 +55,32 @@ def forward(apply_fn, params, batch_stats, x, bn_mode):
   return apply_fn(_variables(params, batch_stats), x, train=False), batch_stats
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "tx", "num_samples", "bn_mode", "vectorize"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "tx", "num_samples", "bn_mode", "vectorize",
+                                             "matmul"))
 def prepare_step(state: BGDState, batch_stats, key, images, labels, mean, std, *, apply_fn, tx,
-                 num_samples, bn_mode, vectorize):
+                 num_samples, bn_mode, vectorize, matmul=False):
   """One BGD step of the preparation on the pretraining loss (batch-mean CE, summed-gradient scale).
 
   In 'train' BN mode the forward uses batch statistics, but the returned running statistics are the
-  unchanged original ones: the preparation must not change the deployed model."""
+  unchanged original ones: the preparation must not change the deployed model. `matmul` runs the
+  model's convolutions as im2col GEMMs (`models.conv.matmul_convs`): the K vmapped samples are then
+  batched GEMMs instead of XLA:CPU's grouped convolution (the same convolution up to float rounding;
+  2.2x faster on Fashion-MNIST's AllCNN here, BUILD_NOTES)."""
   x = normalize(images, mean, std)
 
   def loss_fn(params):
     logits, _ = forward(apply_fn, params, batch_stats, x, bn_mode)
     return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-  ex = bgd_expectations(loss_fn, state, key, num_samples, batch_size=labels.shape[0],
-                        vectorize=vectorize)
+  def expectations():
+    return bgd_expectations(loss_fn, state, key, num_samples, batch_size=labels.shape[0],
+                            vectorize=vectorize)
+
+  if matmul:
+    with nn.intercept_methods(matmul_convs):
+      ex = expectations()
+  else:
+    ex = expectations()
   _, state = tx.update(ex.e_grad, state, None, e_grad_eps=ex.e_grad_eps)
   return state, ex.loss
 
@@ -104,7 +117,8 @@ def prepare(apply_fn, variables, train_split, info, cfg, key, seed: int = 0,
   batch_stats = variables.get("batch_stats")
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
   step_fn = functools.partial(prepare_step, apply_fn=apply_fn, tx=tx, num_samples=int(cfg.mc_iters),
-                              bn_mode=cfg.prep_bn_mode, vectorize=cfg.vectorize)
+                              bn_mode=cfg.prep_bn_mode, vectorize=cfg.vectorize,
+                              matmul=bool(cfg.get("matmul_convs", False)))
   seed = int(seed) + int(cfg.prep_seed_offset)
   epochs = int(cfg.prep_epochs)
   steps_per_epoch = n // bs
@@ -147,6 +161,7 @@ def posterior_description(cfg, seed: int, original) -> dict:
   stored posterior reads the forget set only."""
   return fingerprint.describe(kind="distruction_posterior", version=FORMAT_VERSION,
                               prep={f: cfg[f] for f in PREP_FIELDS}, vectorize=cfg.vectorize,
+                              matmul_convs=bool(cfg.get("matmul_convs", False)),
                               seed=int(seed), original=fingerprint.tree_digest(original["params"]),
                               batch_stats=fingerprint.tree_digest(original.get("batch_stats", {})))
 

@@ -99,7 +99,7 @@ from jax_unlearn.train.loop import run_chunks
 __all__ = ["OBJECTIVES", "default_config", "validate_config", "lam_values", "kl_diag_gaussians",
            "kl_grads", "UNLEARNING_OBJECTIVES", "ForgetBatches", "forget_step", "forget", "chunk_ends",
            "selection_key", "finite_mask", "take", "unlearned_variables", "Validator", "lambda_sweep",
-           "run", "prepare", "ensure_prepared", "save_posterior", "load_posterior", "posterior_dir",
+           "run", "retain_subset", "prepare", "ensure_prepared", "save_posterior", "load_posterior", "posterior_dir",
            "posterior_description", "PREP_FIELDS"]
 
 OBJECTIVES = ("entropy", "entropy_other", "neggrad", "bad_teacher", "random_label")
@@ -138,21 +138,24 @@ def default_config() -> ml_collections.ConfigDict:
       retain-val, and the run returns the best (λ, iteration) pair by the sweep's rule (early
       stopping; SPEC §5.2 leaves the iteration count open, the paper forgets "in a handful of
       iterations"). 0: the iterate after `forget_steps` iterations.
+    select_retain_samples: > 0 measures the selection's retain-val accuracy on this many retain-val
+      images (a fixed random subset, seeded like the forgetting shuffle) instead of all of them; the
+      forget-val split is always used whole. 0 (default): the whole retain-val split.
     sweep_max_forget_acc: the sweep keeps (λ, iteration) pairs whose forget-val accuracy is <= this
       (percent) and picks the best retain-val accuracy among them (else the lowest forget-val accuracy).
     prep_seed_offset, forget_seed_offset: numpy shuffling seeds are config.seed + offset.
     checkpoint_every: forgetting steps per `lax.scan`ned chunk; after each chunk a progress line and
       (through `run`) an orbax checkpoint of the forgetting state. 0: one scan, no checkpoint.
     prep_checkpoint_every: preparation epochs between orbax checkpoints (0: none).
-    matmul_convs: run convs as im2col GEMMs in the forgetting scan (fast under the λ/MC vmaps on
-      XLA:CPU; the same convolution up to float rounding). False: XLA's convolution.
+    matmul_convs: run convs as im2col GEMMs in the preparation and the forgetting scan (fast under
+      the λ/MC vmaps on XLA:CPU; the same convolution up to float rounding). False: XLA's convolution.
   """
   return ml_collections.ConfigDict(dict(
       std_init=0.02, prep_mean_eta=0.0, mc_iters=4, prep_epochs=5, prep_batch_size=64,
       prep_bn_mode="eval", mean_eta=0.5, forget_steps=40, forget_batch_size=128, lam=0.1,
       objective="entropy", bn_mode="eval", vectorize="vmap", max_std_ratio=1.0,
       posterior_path="",
-      lam_sweep=(0.02, 0.05, 0.1, 0.2), select_every=2,
+      lam_sweep=(0.02, 0.05, 0.1, 0.2), select_every=2, select_retain_samples=0,
       sweep_max_forget_acc=10.0, prep_seed_offset=1, forget_seed_offset=2, checkpoint_every=10,
       prep_checkpoint_every=1, matmul_convs=True))
 
@@ -183,7 +186,8 @@ def validate_config(cfg, problem: base.Problem | None = None) -> None:
         "--config.distruction.mean_eta and prep_mean_eta must be >= 0")
   for f in ("mc_iters", "prep_batch_size", "forget_batch_size"):
     check(int(cfg[f]) >= 1, f"--config.distruction.{f} must be >= 1, got {cfg[f]}")
-  for f in ("prep_epochs", "forget_steps", "checkpoint_every", "prep_checkpoint_every", "select_every"):
+  for f in ("prep_epochs", "forget_steps", "checkpoint_every", "prep_checkpoint_every", "select_every",
+            "select_retain_samples"):
     check(int(cfg[f]) >= 0, f"--config.distruction.{f} must be >= 0, got {cfg[f]}")
   check(float(cfg.max_std_ratio) >= 0, f"--config.distruction.max_std_ratio must be >= 0 (0 = off), got "
         f"{cfg.max_std_ratio}")
@@ -497,6 +501,15 @@ class Validator:
     return f, r
 
 
+def retain_subset(split, n: int, seed: int):
+  """`split` itself if `n` is 0 or >= its size, else `n` of its samples drawn without replacement by
+  `numpy.random.default_rng(seed)` (kept in their original order): the retain-val images a
+  `select_retain_samples` > 0 selection measures."""
+  if n <= 0 or n >= len(split):
+    return split
+  return split.subset(np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False)))
+
+
 def lambda_sweep(model, variables, posterior, source, val_forget, val_retain, info, cfg, key, lams,
                  teacher=None, log: Callable[[str], None] = print, ckpt_dir: str | None = None,
                  closest: tuple[float, float] | None = None) -> dict:
@@ -568,8 +581,10 @@ def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
     if ctx.forget_mode != "class":
       r0 = _accuracy(ctx.model, ctx.original, ctx.data.retain_val, info)
       closest = (r0, r0)
+    val_retain = retain_subset(ctx.data.retain_val, int(cfg.select_retain_samples),
+                               seed + int(cfg.forget_seed_offset))
     sweep = lambda_sweep(ctx.model, ctx.original, posterior, source, val_forget,
-                         ctx.data.retain_val, info, cfg, k_forget,
+                         val_retain, info, cfg, k_forget,
                          lam_values(cfg.lam_sweep) or [float(cfg.lam)], teacher, ctx.log,
                          ckpt_dir=ctx.workdir, closest=closest)
     lams, i, steps = sweep["lams"], sweep["chosen"], sweep["chosen_steps"]
@@ -577,6 +592,7 @@ def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
     extra = {"sweep": {**{k: sweep[k] for k in ("lams", "acc_forget_val", "acc_retain_val", "steps",
                                                 "chosen_lam", "chosen_steps")},
                        "forget_split": "forget_val" if len(ctx.data.forget_val) else "forget_train",
+                       "retain_val_samples": len(val_retain),
                        "criterion": "threshold" if closest is None else "closest",
                        "target": None if closest is None else closest[0]}}
     if "val_forget" in hist:
