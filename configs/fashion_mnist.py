@@ -5,8 +5,8 @@ python -m launch.experiment --config=configs/fashion_mnist.py --config.seeds=0,1
 Variants: configs/fashion_mnist.py:random forgets 1 % of the training set (480 random samples).
 Needs `apt-get install dataset-fashion-mnist` (or --config.dataset.data_dir=DIR holding the four IDX
 files). The budgets below are sized for the project's 2-core CPU (BUILD_NOTES, "Fashion-MNIST":
-the measured wall time per seed and its breakdown). Data-dependent hyper-parameters are chosen on the validation split (SSD/LFSSD
-alpha='auto', DiStruction's lambda and iteration).
+the measured wall time per seed and its breakdown). Data-dependent hyper-parameters are chosen on
+the validation split (SSD/LFSSD alpha='auto', DiStruction's lambda and iteration).
 """
 
 from jax_unlearn.config import base_config

@@ -99,8 +99,8 @@ from jax_unlearn.train.loop import run_chunks
 __all__ = ["OBJECTIVES", "default_config", "validate_config", "lam_values", "kl_diag_gaussians",
            "kl_grads", "UNLEARNING_OBJECTIVES", "ForgetBatches", "forget_step", "forget", "chunk_ends",
            "selection_key", "finite_mask", "take", "unlearned_variables", "Validator", "lambda_sweep",
-           "run", "retain_subset", "prepare", "ensure_prepared", "save_posterior", "load_posterior", "posterior_dir",
-           "posterior_description", "PREP_FIELDS"]
+           "run", "retain_subset", "prepare", "ensure_prepared", "save_posterior", "load_posterior",
+           "posterior_dir", "posterior_description", "PREP_FIELDS"]
 
 OBJECTIVES = ("entropy", "entropy_other", "neggrad", "bad_teacher", "random_label")
 BN_MODES = ("eval", "train")
