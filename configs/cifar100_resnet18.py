@@ -1,4 +1,4 @@
-"""Paper config: CIFAR-100 with ResNet18 (ISPF App. C; SSD full-class α=10 for ResNet18, SPEC §4.3).
+"""Paper config: CIFAR-100 with ResNet18 (ISPF paper App. C; the SSD code's full-class α=10 for ResNet18).
 
 The ISPF class IDs were lost from the paper text; we use the SSD repository's CIFAR-100 classes
 (rocket 69, mushroom 51, baby 2, lamp 40, sea 71). `get_config("rocket")` etc. picks one; the default

@@ -1,4 +1,4 @@
-"""Paper config: cifar10 with resnet18 (ISPF App. C; SPEC §1.6, §1.8). Forget class 0 by default
+"""Paper config: cifar10 with resnet18 (ISPF paper App. C). Forget class 0 by default
 (the paper runs each of 0..9): --config.forget.classes=5."""
 
 from configs.paper import paper_config

@@ -1,9 +1,9 @@
-"""Shared paper-scale settings (SPEC §1.6, §1.8, §4.3); each configs/<dataset>_<model>.py calls it."""
+"""Shared paper-scale settings (ISPF paper App. C; the SSD code's α), used by configs/<data>_<model>.py."""
 
 from jax_unlearn import xla_flags
 from jax_unlearn.config import base_config
 
-# (lr, epochs, milestones) of the original/retrain models, ISPF App. C (SPEC §1.8).
+# (lr, epochs, milestones) of the original/retrain models, ISPF paper App. C.
 TRAIN = {
     ("svhn_cropped", "allcnn"): (0.01, 10, ()),
     ("svhn_cropped", "resnet18"): (0.01, 10, ()),
@@ -11,7 +11,7 @@ TRAIN = {
     ("cifar10", "resnet18"): (0.1, 100, (60, 80)),
     ("cifar100", "resnet18"): (0.1, 100, (60, 80)),
 }
-# Data-free distillation budgets (SPEC §1.6): epochs, loops per epoch, student lr, tau.
+# Data-free distillation budgets (ISPF paper App. C): epochs, loops per epoch, student lr, tau.
 ISPF = {
     ("svhn_cropped", "allcnn"): (100, 1, 0.1, 0.01),
     ("svhn_cropped", "resnet18"): (100, 1, 0.05, 0.01),
@@ -41,8 +41,8 @@ def paper_config(dataset: str, model: str, forget_classes=(0,)):
     c.train.update(lr=lr, epochs=epochs, milestones=milestones, gamma=0.1, weight_decay=1e-4)
   c.forget.mode = "class"
   c.forget.classes = tuple(forget_classes)
-  # The SSD/LFSSD papers' ResNet18 value in every scenario (SPEC §4.3); the other configs choose alpha
-  # on the validation split ('auto').
+  # The SSD code's ResNet18 value in every scenario (`if-loops/selective-synaptic-dampening`); the other
+  # configs choose alpha on the validation split ('auto').
   for key in ("ssd", "lfssd"):
     c[key].alpha = 10.0
   if "ispf" in c and (dataset, model) in ISPF:

@@ -1,5 +1,5 @@
-"""DiStruction preparation (SPEC §5.2): learn σ of p = N(θ_o, σ²) with BGD on the training data, the
-mean frozen at the original weights, and store it beside the original checkpoint (W/original/seed<s>/):
+"""DiStruction preparation (paper §3.1): learn σ of p = N(θ_o, σ²) with BGD on the training data,
+the mean frozen at the original weights, and store it beside the original checkpoint (W/original/seed<s>/):
 python -m launch.prepare --config=configs/digits.py --workdir=W
 Run it before the training data is discarded; `launch.unlearn --config.method=distruction` then reuses
 the stored posterior and reads forget data only. Trains the original model first if W has none."""

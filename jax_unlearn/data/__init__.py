@@ -11,7 +11,8 @@ Datasets come from sources registered by name (`registry.py`, one module per kin
 `fashion_mnist` and `idx` (IDX files), `arrays` (an .npz, or `register_arrays` from Python).
 `names()` lists them; `default_config()` is `config.dataset` with every field they read.
 
-Images are float32 in [0,1] on the host; `normalize` is applied on device (SPEC §1.8).
+Images are float32 in [0,1] on the host; `normalize` is applied on device, after any augmentation
+(as torchvision's ToTensor + Normalize in the reference code).
 """
 
 from jax_unlearn.data.augment import augment

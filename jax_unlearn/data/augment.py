@@ -1,4 +1,4 @@
-"""Training augmentation for CIFAR (SPEC §1.8): RandomCrop(32, padding=4) + RandomHorizontalFlip.
+"""Training augmentation for CIFAR (ISPF's `registry.py`): RandomCrop(32, padding=4) + HorizontalFlip.
 
 Applied on device to un-normalised [0,1] images, as torchvision applies both before ToTensor /
 Normalize: the zero padding is black, not the dataset mean. SVHN and digits are not augmented

@@ -1,4 +1,4 @@
-"""Data containers, dataset-name lookup and `load_dataset` (SPEC §1.8).
+"""Data containers, dataset-name lookup and `load_dataset` (the ISPF reference's data set-up).
 
 Images are kept on the host as float32 in [0, 1], *not* normalised: augmentation (pad 4 + crop, as
 torchvision's RandomCrop(32, padding=4) on un-normalised tensors) and generator outputs live in that
@@ -72,10 +72,10 @@ class Split:
 class DataInfo:
   """Static facts about a dataset.
 
-  mean/std: per-channel normalisation constants (SPEC §1.8). augment: whether supervised training
-  uses random crop + flip (CIFAR yes; SVHN and digits no). num_fine_classes: number of fine labels
-  (100 for cifar20, else 0), which sub-class forgetting needs. class_names: one per label where
-  the source knows them (Fashion-MNIST, TFDS ClassLabel names), else empty.
+  mean/std: per-channel normalisation constants (`ChildEden/ISPF registry.py` for the paper data).
+  augment: whether supervised training uses random crop + flip (CIFAR yes; SVHN and digits no).
+  num_fine_classes: number of fine labels (100 for cifar20, else 0), which sub-class forgetting needs.
+  class_names: one per label where the source knows them (Fashion-MNIST, TFDS ClassLabel names), else empty.
   """
   name: str
   num_classes: int
@@ -89,7 +89,7 @@ class DataInfo:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-  """train/val: the seeded 80/20 split of the training data (SPEC §1.8); test: the held-out split."""
+  """train/val: the seeded 80/20 split of the training data (ISPF's `UN_train_scratch.py`); test: held out."""
   info: DataInfo
   train: Split
   val: Split
@@ -230,7 +230,8 @@ def _check_seed(seed, what: str) -> int:
 
 def train_val_split(split: Split, val_fraction: float, seed: int, *,
                     stratify: bool) -> tuple[Split, Split]:
-  """Seeded train/val split of `split` (SPEC §1.8: `random_split` 80/20, best checkpoint on val).
+  """Seeded train/val split of `split` (`ChildEden/ISPF UN_train_scratch.py`: `random_split`
+  80/20, best checkpoint on val).
 
   `stratify=True` keeps the class proportions (scikit-learn `train_test_split`), used for digits
   where the validation set is small; otherwise a uniform random permutation, as torch's random_split.

@@ -1,4 +1,4 @@
-"""scikit-learn's digits: the embedded default dataset (SPEC project decision 9).
+"""scikit-learn's digits: the embedded default dataset (our choice; BUILD_NOTES.md "Decisions").
 
 1797 greyscale 8x8 images with values 0..16, 10 classes, bundled with scikit-learn (no download).
 There is no official test split, so a stratified one is drawn with a fixed `split_seed` (not the

@@ -1,10 +1,11 @@
-"""Forget/retain partitions of a dataset (SPEC §1.8, §1.10, §4.5).
+"""Forget/retain partitions of a dataset (ISPF paper §4.1; the SSD repository's three scenarios).
 
 Three forgetting modes, chosen by `config.forget.mode`:
 * 'class':    forget every sample whose label is in `config.forget.classes` (one or several), on
               every split; the test metrics are then accuracy on forget / retain test classes.
 * 'subclass': CIFAR-20 only: forget every sample whose *fine* (CIFAR-100) label is in `classes`,
-              on every split; the classifier's labels stay the 20 super-classes (SSD §4.5).
+              on every split; the classifier's labels stay the 20 super-classes
+              (the SSD repository's sub-class setting).
 * 'random':   forget `config.forget.num_samples` training samples drawn with the experiment seed;
               nothing is forgotten in val/test (their forget views are empty).
 """

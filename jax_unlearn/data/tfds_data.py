@@ -1,6 +1,7 @@
-"""TFDS datasets, read through `tfds.data_source`: SVHN and CIFAR (SPEC §1.8) and `tfds:<name>`.
+"""TFDS datasets, read through `tfds.data_source`: SVHN and CIFAR (ISPF paper §4) and `tfds:<name>`.
 
-Names: `svhn_cropped`, `cifar10`, `cifar100`, `cifar20` keep the SPEC's constants (table below).
+Names: `svhn_cropped`, `cifar10`, `cifar100`, `cifar20` keep the reference code's constants
+(`ChildEden/ISPF registry.py: NORMALIZE_DICT`, table below).
 Any other TFDS image-classification dataset is addressed by its builder name behind the prefix
 'tfds:' (`--config.dataset.name=tfds:mnist`, `tfds:emnist/digits`, `tfds:fashion_mnist`), so a
 builder can never clash with one of our names (tfds' `cifar100` is our `cifar100`; `tfds:cifar100`
@@ -53,7 +54,7 @@ _CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 _CIFAR100_MEAN, _CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 _SOURCES = {
-    # SPEC §1.8: SVHN train (73 257) / test (26 032), `extra` unused, no augmentation, 0.5/0.5.
+    # ISPF reference: SVHN train (73 257) / test (26 032), `extra` unused, no augmentation, 0.5/0.5.
     "svhn_cropped": _Source("svhn_cropped", "label", None, DataInfo(
         "svhn_cropped", 10, (32, 32, 3), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), augment=False)),
     "cifar10": _Source("cifar10", "label", None, DataInfo(
@@ -61,7 +62,7 @@ _SOURCES = {
     "cifar100": _Source("cifar100", "label", None, DataInfo(
         "cifar100", 100, (32, 32, 3), _CIFAR100_MEAN, _CIFAR100_STD, augment=True)),
     # CIFAR-20 = CIFAR-100 images labelled by super-class; the fine label is kept for sub-class
-    # forgetting (SPEC §4.5). Normalised with the CIFAR-100 constants (same images).
+    # forgetting (the SSD repository's CIFAR-20). Normalised with the CIFAR-100 constants (same images).
     "cifar20": _Source("cifar100", "coarse_label", "label", DataInfo(
         "cifar20", 20, (32, 32, 3), _CIFAR100_MEAN, _CIFAR100_STD, augment=True,
         num_fine_classes=100)),
@@ -76,7 +77,7 @@ def tfds_name(name: str) -> str:
 
 
 def info(name: str) -> DataInfo:
-  """The DataInfo of one of the fixed tfds-backed names (SPEC constants)."""
+  """The DataInfo of one of the fixed tfds-backed names (the reference code's constants)."""
   return _SOURCES[name].info
 
 
@@ -293,9 +294,9 @@ def _fixed_load(name: str):
 
 
 _SUMMARIES = {
-    "svhn_cropped": "SVHN (cropped digits), tfds svhn_cropped; SPEC constants",
-    "cifar10": "CIFAR-10, tfds cifar10; SPEC constants, augmented",
-    "cifar100": "CIFAR-100, tfds cifar100; SPEC constants, augmented",
+    "svhn_cropped": "SVHN (cropped digits), tfds svhn_cropped; ISPF's constants",
+    "cifar10": "CIFAR-10, tfds cifar10; ISPF's constants, augmented",
+    "cifar100": "CIFAR-100, tfds cifar100; ISPF's constants, augmented",
     "cifar20": "CIFAR-100 images by their 20 super-classes (fine labels kept), tfds cifar100",
 }
 for _name, _src in _SOURCES.items():

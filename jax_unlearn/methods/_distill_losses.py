@@ -20,7 +20,7 @@ __all__ = ["bn_statistics_loss", "one_hot_loss", "balance_loss", "activation_los
 # Losses, filters and targets (pure functions; `forget_mask` is a [K] bool vector of the classes in F).
 
 def bn_statistics_loss(stats) -> jax.Array:
-  """L_BN of DFQ/DeepInversion (SPEC §1.3, §3): Σ_l ‖σ²_l − v_l‖₂ + ‖μ_l − m_l‖₂.
+  """L_BN of DFQ/DeepInversion: Σ_l ‖σ²_l − v_l‖₂ + ‖μ_l − m_l‖₂ (`ChildEden/ISPF datafree/hooks.py`).
 
   `stats` is a list of (input mean μ_l, input *biased* variance σ²_l, running mean m_l, running var v_l),
   one per teacher BatchNorm (`models.bn_input_stats`). The norms are plain (unsquared) L2 norms as in the
@@ -33,19 +33,25 @@ def bn_statistics_loss(stats) -> jax.Array:
 
 
 def one_hot_loss(t_logits) -> jax.Array:
-  """L_oh (SPEC §1.3): mean_b CE(z^T_b, argmax z^T_b), the instance-entropy term of DFQ."""
+  """L_oh: mean_b CE(z^T_b, argmax z^T_b), the instance-entropy term of DFQ.
+
+  Reference: `ChildEden/ISPF datafree/synthesis/generative_unlearning.py`.
+  """
   labels = jnp.argmax(t_logits, -1)
   return optax.softmax_cross_entropy_with_integer_labels(t_logits, labels).mean()
 
 
 def balance_loss(t_logits) -> jax.Array:
-  """L_bal (SPEC §1.3): Σ_c p̄_c log p̄_c with p̄ the batch-mean teacher softmax (negative entropy)."""
+  """L_bal: Σ_c p̄_c log p̄_c with p̄ the batch-mean teacher softmax (negative entropy).
+
+  Reference: `ChildEden/ISPF datafree/synthesis/generative_unlearning.py`.
+  """
   p_bar = jax.nn.softmax(t_logits, -1).mean(0)
   return jnp.sum(jax.scipy.special.xlogy(p_bar, p_bar))
 
 
 def activation_loss(t_features) -> jax.Array:
-  """L_act (SPEC §1.3, DAFL): −mean |f^T| of the teacher's penultimate features (weight 0 in ISPF)."""
+  """L_act (DAFL): −mean |f^T| of the teacher's penultimate features (weight 0 in ISPF's script)."""
   return -jnp.mean(jnp.abs(t_features))
 
 
@@ -56,7 +62,9 @@ def _kl_terms(t_logits, s_logits):
 
 
 def adversarial_loss(t_logits, s_logits) -> jax.Array:
-  """L_adv of DFKD/GKT/PF/BlockF (SPEC §1.3): −KL(p^T ‖ p^S), T = 1, batchmean.
+  """L_adv of DFKD/GKT/PF/BlockF (ISPF paper Eq. 2): −KL(p^T ‖ p^S), T = 1, batchmean.
+
+  Reference: `ChildEden/ISPF datafree/criterions.py: kldiv`.
 
   Minimising it makes the generator seek samples on which student and teacher disagree (Eq. 2–5).
   """
@@ -64,7 +72,7 @@ def adversarial_loss(t_logits, s_logits) -> jax.Array:
 
 
 def inhibited_synthesis_loss(t_logits, s_logits, forget_mask) -> jax.Array:
-  """Inhibited Synthesis, Eq. 7 of ISPF in its code form (SPEC §1.3).
+  """Inhibited Synthesis, ISPF paper Eq. 7 in its code form (`generative_unlearning.py`).
 
   L_adv^IS = (1/B) Σ_b [ Σ_{c∈F} k_bc − Σ_{c∈R} k_bc ],  k_bc = p^T_bc (log p^T_bc − log p^S_bc).
 
@@ -78,7 +86,8 @@ def inhibited_synthesis_loss(t_logits, s_logits, forget_mask) -> jax.Array:
 
 
 def postfilter_row(z, forget_mask, tau, gated=True) -> jax.Array:
-  """PostFilter on one row of teacher logits, Eq. 8–9 of ISPF as implemented (SPEC §1.5.3).
+  """PostFilter on one row of teacher logits, ISPF paper Eq. 8–9 as implemented in
+  `ChildEden/ISPF unlearning_utils/dfkd_unlearning_strategies.py`.
 
   With m = min_c z_c and M_c = [c ∈ F] ∧ [p_c > τ] (gate, reference code; M_c = [c ∈ F] if not gated):
     Δ = Σ_c M_c (z_c − m)                  (Eq. 8)
@@ -101,7 +110,7 @@ postfilter.__doc__ = "`postfilter_row` over the rows of [B, K] teacher logits (E
 
 
 def pd_teacher_probs(t_logits, forget_mask, tau=0.0, gated=False) -> jax.Array:
-  """PD target (App. I of ISPF, SPEC §1.5.4): zero the forget probabilities and renormalise.
+  """PD target (ISPF paper App. I; not in the reference code): zero the forget probabilities and renormalise.
 
   p̃_c = p^T_c [c ∈ R] / Σ_{r∈R} p^T_r, i.e. softmax with forget logits set to −∞. Ungated by default (the
   paper describes PD as unconditional); `gated=True` zeroes only forget entries with p^T_c > τ. Pair it
@@ -115,19 +124,19 @@ def pd_teacher_probs(t_logits, forget_mask, tau=0.0, gated=False) -> jax.Array:
 
 
 def prefilter_mask(t_logits, forget_mask, tau) -> jax.Array:
-  """GKT PreFilter (SPEC §1.5.1): keep row b iff p^T_bf < τ (strict) for every forget class f."""
+  """GKT PreFilter (ISPF paper Eq. 3): keep row b iff p^T_bf < τ (strict) for every forget class f."""
   p = jax.nn.softmax(t_logits, -1)
   ok = jnp.where(jnp.asarray(forget_mask, bool)[None, :], p < tau, True)
   return jnp.all(ok, -1)
 
 
 def blockf_mask(t_logits, forget_mask) -> jax.Array:
-  """BlockF (SPEC §1.5.2): keep row b iff argmax_c z^T_bc ∉ F."""
+  """BlockF (ISPF paper §4.1, "Baselines"): keep row b iff argmax_c z^T_bc ∉ F."""
   return ~jnp.asarray(forget_mask, bool)[jnp.argmax(t_logits, -1)]
 
 
 def masked_kl(t_logits_or_probs, s_logits, mask=None, target_is_probs=False) -> jax.Array:
-  """KL(p^T ‖ p^S) with T = 1, `batchmean` over the kept rows only (SPEC §1.4 step 6, §1.12).
+  """KL(p^T ‖ p^S) with T = 1, `batchmean` over the kept rows only (ISPF paper Eq. 1 and 10).
 
   (1/N_kept) Σ_{b kept} Σ_c p_bc (log p_bc − log p^S_bc); the target is logits (softmaxed here) or, with
   `target_is_probs`, probabilities (PD). An empty mask gives 0 (the caller skips such steps anyway).
@@ -141,7 +150,7 @@ def masked_kl(t_logits_or_probs, s_logits, mask=None, target_is_probs=False) -> 
 
 
 def retain_entropy(t_logits, forget_mask, mask=None) -> jax.Array:
-  """Eq. 11 of ISPF (SPEC §1.9): H = −Σ_{b kept} Σ_{c∈R} q_bc log q_bc, q_b = softmax over retain logits.
+  """ISPF paper Eq. 11: H = −Σ_{b kept} Σ_{c∈R} q_bc log q_bc, q_b = softmax over retain logits.
 
   Summed (not averaged) over the N samples taking part in distillation, as the reference's `entropy()`.
   The PostFilter shift leaves q unchanged, so raw teacher logits are used.
@@ -154,13 +163,13 @@ def retain_entropy(t_logits, forget_mask, mask=None) -> jax.Array:
 def cosine_lr(lr, eta_min, t_max, t) -> jax.Array:
   """PyTorch `CosineAnnealingLR` closed form: η_min + (η_0 − η_min)(1 + cos(π t / T_max)) / 2.
 
-  `t` counts scheduler steps, taken once per post-warm-up epoch (SPEC §1.4 step 8; T_max = 200 in the
-  reference whatever the number of epochs).
+  `t` counts scheduler steps, taken once per post-warm-up epoch (`ChildEden/ISPF UN_datafree_kd.py`;
+  T_max = 200 there whatever the number of epochs).
   """
   return eta_min + (lr - eta_min) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.asarray(t, jnp.float32) / t_max))
 
 
-# The engine's optimisers (SPEC §1.3-1.4), kept beside its losses.
+# The engine's optimisers (`ChildEden/ISPF UN_datafree_kd.py`), kept beside its losses.
 
 def _sgd_with_wd(learning_rate, momentum, weight_decay):
   # PyTorch SGD: wd·θ joins the gradient before the momentum buffer; lr multiplies the buffer.
@@ -175,6 +184,6 @@ def _student_tx(lr=0.1, momentum=0.9, weight_decay=1e-4) -> optax.GradientTransf
 
 
 def _generator_tx(lr_g=1e-3) -> optax.GradientTransformation:
-  """Adam, betas (0.5, 0.999), no schedule (SPEC §1.3); lr_g lives in the optimiser state."""
+  """Adam, betas (0.5, 0.999), no schedule (the reference's `--lr_g 1e-3`); lr_g is in the state."""
   return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2"))(learning_rate=lr_g, b1=0.5,
                                                                         b2=0.999)

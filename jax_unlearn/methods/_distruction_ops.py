@@ -27,7 +27,7 @@ def _variables(params, batch_stats):
 
 
 # ---------------------------------------------------------------------------------------------------
-# KL between diagonal Gaussians (SPEC §5.2)
+# KL between diagonal Gaussians (DiStruction paper §3.2)
 
 def kl_diag_gaussians(mu_q, sigma_q, mu_p, sigma_p) -> jax.Array:
   """KL(q‖p) = ½ Σ_i [(μ_p−μ_q)²/σ_p² + σ_q²/σ_p² − 1 + log(σ_p²/σ_q²)], summed over every leaf.
@@ -44,8 +44,9 @@ def kl_diag_gaussians(mu_q, sigma_q, mu_p, sigma_p) -> jax.Array:
 
 
 def kl_grads(mu_q, sigma_q, mu_p, sigma_p):
-  """(∂KL/∂μ_q, ∂KL/∂σ_q) = ((μ_q−μ_p)/σ_p², σ_q/σ_p² − 1/σ_q): SPEC §5.2 with the sign of the
-  mean gradient corrected (the paper prints (μ_p−μ_q)/σ_p², which would push q *away* from p)."""
+  """(∂KL/∂μ_q, ∂KL/∂σ_q) = ((μ_q−μ_p)/σ_p², σ_q/σ_p² − 1/σ_q): DiStruction paper §3.2 with
+  the sign of the mean gradient corrected (the paper prints (μ_p−μ_q)/σ_p², which would push q
+  *away* from p)."""
   d_mu = jax.tree.map(lambda mq, mp, sp: (mq - mp) / jnp.square(sp), mu_q, mu_p, sigma_p)
   d_sigma = jax.tree.map(lambda sq, sp: sq / jnp.square(sp) - 1.0 / sq, sigma_q, sigma_p)
   return d_mu, d_sigma
@@ -112,7 +113,7 @@ def _objective_target(objective, apply_fn, teacher, key, x, labels, num_classes)
 def forget_step(q: BGDState, batch_stats, p: BGDState, key, images, labels, lam, teacher, mean,
                 std, *, apply_fn, tx, objective, num_samples, bn_mode, vectorize, num_classes,
                 max_std_ratio=0.0):
-  """One DiStruction iteration (SPEC §5.2): BGD on (1−λ)E_q[U_sum] plus the analytic λ KL(q‖p).
+  """One DiStruction iteration (paper §3.2): BGD on (1−λ)E_q[U_sum] plus the analytic λ KL(q‖p).
 
   `max_std_ratio` > 0 caps σ_q at that multiple of σ_p after the step (a stability guard, not in the
   paper: for a concave U such as NegGrad, E[gε] < 0 grows σ_q without bound, and the KL pull on the

@@ -103,7 +103,8 @@ def _save_cache(path, imp):
 
 
 def compute_importances(ctx, name: str, importance_fn: Callable, uses_labels: bool, cfg=None):
-  """(I_D, I_Df, info) for `ctx`, following SPEC §4.1's data and batch sizes.
+  """(I_D, I_Df, info) for `ctx`, following the SSD reference's data and batch sizes
+  (`if-loops/selective-synaptic-dampening src/forget_*_main.py`, `-b` 64).
 
   D = retain_train ++ forget_train, unshuffled, batch `cfg.batch_size`; D_f = forget_train, batch
   `cfg.forget_batch_size` (`cfg.random_forget_batch_size` in random forgetting). With

@@ -1,4 +1,4 @@
-"""The loop shared by the repair baselines of the SSD repository (SPEC §4.5).
+"""The loop shared by the repair baselines of the SSD repository (`if-loops/selective-synaptic-dampening`).
 
 finetune, bad_teacher (blindspot), amnesiac and UNSIR all start from a copy of the original model and
 train it, BN in train mode, on a fixed set of (image, target) pairs: integer labels with cross-entropy
@@ -11,7 +11,7 @@ train it, BN in train mode, on a fixed set of (image, target) pairs: integer lab
   while one compiled step serves every batch.
 * Epoch e's order is `jax.random.permutation(fold_in(key, e), n)`: a function of the method key only,
   so a run is reproducible from `config.seed`. The steps need no randomness (unlearning data are not
-  augmented in the reference, SPEC §4.5).
+  augmented in the reference).
 * The step is the library's one supervised step (`train.steps.sgd_step`, with a padding weight) and
   the optimiser the supervised one (`supervised.make_optimizer`: PyTorch-style SGD weight decay); it
   is data-parallel over the 'data' mesh like `supervised.train_step`, and the epochs run through the

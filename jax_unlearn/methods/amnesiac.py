@@ -1,5 +1,6 @@
-"""Amnesiac unlearning (Graves et al., AAAI'21) as run in the SSD repository (SPEC §4.5;
-`forget_*_strategies.py: amnesiac`, `unlearn.py: fit_one_unlearning_cycle`).
+"""Amnesiac unlearning (Graves et al., AAAI'21) as run in the SSD repository
+(`if-loops/selective-synaptic-dampening src/forget_*_strategies.py: amnesiac`,
+`src/unlearn.py: fit_one_unlearning_cycle`).
 
 Every forget sample gets a random label other than its own (drawn once, uniformly over the K - 1 other
 classes, as the reference's `random.choice` rejection loop does); the relabelled D_f is concatenated
@@ -18,7 +19,7 @@ from jax_unlearn.methods import _repair, base
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """`config.amnesiac` defaults (SPEC §4.5: Adam 1e-4, 3 epochs, batch 128, CE).
+  """`config.amnesiac` defaults (the SSD repository's: Adam 1e-4, 3 epochs, batch 128, CE).
 
   Fields:
     optimizer: 'adam' (reference) or 'sgd'.

@@ -1,5 +1,6 @@
 """Bad teaching / "blindspot" unlearning (Chundawat et al., AAAI'23) as run in the SSD repository
-(SPEC §4.5; `forget_*_strategies.py: blindspot`, `unlearn.py: blindspot_unlearner, UnlearnerLoss`).
+(`if-loops/selective-synaptic-dampening src/forget_*_strategies.py: blindspot`,
+`src/unlearn.py: blindspot_unlearner, UnlearnerLoss`).
 
 The student starts as a copy of the original. Its training set is D_f plus a random 30 % of D_r
 (`random.sample(retain, int(0.3 * len(retain)))`), shuffled together in batches of 256. Each sample is
@@ -28,7 +29,7 @@ from jax_unlearn.train.evaluate import predict_logits
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """`config.bad_teacher` defaults (SPEC §4.5: Adam 1e-4, 1 epoch, batch 256 (128 for ViT), 30 % of
+  """`config.bad_teacher` defaults (the SSD repository's: Adam 1e-4, 1 epoch, batch 256 (128 for ViT), 30 % of
   D_r, KL at T = 1).
 
   Fields:

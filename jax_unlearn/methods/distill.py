@@ -93,7 +93,7 @@ def _apply(engine, module, *args, **kwargs):
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-  """Which ISPF ablation to run (SPEC §1.1: the reference's `--strategy` substrings).
+  """Which ISPF ablation to run (the `--strategy` substrings of `ChildEden/ISPF UN_datafree_kd.py`).
 
   prefilter: 'none' | 'blockf' (BlockF) | 'gkt' (PreFilter, p_f < τ).
   inhibited: use the IS generator loss (Eq. 7) instead of −KL.
@@ -131,10 +131,13 @@ STRATEGIES = {
 def default_config() -> ml_collections.ConfigDict:
   """`config.ispf`, shared by every data-free method (dfkd, blockf, gkt, is, pf, ispf, pd, pd_is).
 
-  Defaults are the ISPF CIFAR-10 script (SPEC §1.6); configs for other settings override them.
+  Defaults are the ISPF CIFAR-10 script (`scripts/un_dfq_cifar10_allcnn.sh`, ISPF paper App. C);
+  configs for other settings override them.
   """
   c = ml_collections.ConfigDict()
-  c.generator = "dfq"        # 'dfq' (CMI LargeGenerator, sigmoid output, §1.2) | 'zskt' (GKT/ZSKT, §2.1)
+  # 'dfq': CMI's LargeGenerator (`ChildEden/ISPF datafree/models/generator.py`, sigmoid output);
+  # 'zskt': the GKT/ZSKT generator (`ayushkumartarun/zero-shot-unlearning unlearn.py: Generator`).
+  c.generator = "dfq"
   c.nz = 256                 # noise dimension (ISPF uses 256 for both DFQ and ZSKT)
   c.ngf = 64                 # generator width
   c.epochs = 200             # distillation epochs, *after* the warm-up (SVHN 100, CIFAR 200)
@@ -150,8 +153,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.t_max = 200              # cosine T_max in epochs; 200 whatever `epochs` is (reference quirk)
   c.eta_min = 2e-4
   # Generator loss weights. DFQ (ISPF script): adv = bn = oh = balance = 1, act = 0.
-  # ZSKT variant (App. H, §1.11): adv = 1, bn = oh = balance = act = 0 (and generator='zskt' for the
-  # GKT/ZSKT generator architecture, or 'dfq' for ISPF's own code, which keeps the LargeGenerator).
+  # ZSKT variant (ISPF paper App. H; `zju-vipa/CMI scripts/zskt/*.sh`): adv = 1, bn = oh = balance =
+  # act = 0 (and generator='zskt' for the GKT/ZSKT generator architecture, or 'dfq' for ISPF's own code,
+  # which keeps the LargeGenerator).
   c.bn = 1.0
   c.oh = 1.0
   c.adv = 1.0
@@ -301,7 +305,7 @@ def _empty_diag(num_classes: int) -> dict:
 
 def init_state(engine: Engine, knobs: Knobs, key: jax.Array, *, lr_g=1e-3, momentum=0.9,
                weight_decay=1e-4, student_variables=None, generator_variables=None) -> DistillState:
-  """A fresh generator and a *randomly initialised* student (SPEC §1.4 step 9), and optimiser states.
+  """A fresh generator and a *randomly initialised* student (ISPF paper §2), and optimiser states.
 
   `key` is split into (generator init, student init, run key); every step's key is
   `fold_in(fold_in(run_key, loop), phase)`. Pass `student_variables` / `generator_variables` to start
@@ -346,10 +350,10 @@ def _loop_key(state: DistillState, phase: int) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Generator phase (SPEC §1.3).
+# Generator phase (ISPF paper Eq. 2 and 7; `ChildEden/ISPF datafree/synthesis/generative_unlearning.py`).
 
 def generator_objective(engine: Engine, knobs: Knobs, g_params, g_batch_stats, s_vars, teacher, z):
-  """L_G = bn·L_BN + oh·L_oh + adv·L_adv(−KL or IS) + balance·L_bal + act·L_act (SPEC §1.3).
+  """L_G = bn·L_BN + oh·L_oh + adv·L_adv(−KL or IS) + balance·L_bal + act·L_act (`generative_unlearning.py`).
 
   Generator BN in train mode (batch statistics, running averages updated); teacher and student in eval
   mode; gradients reach the generator through both networks. Returns (L_G, (parts, new generator
@@ -375,7 +379,7 @@ def generator_objective(engine: Engine, knobs: Knobs, g_params, g_batch_stats, s
 
 
 def _generator_phase(engine: Engine, teacher, state: DistillState) -> DistillState:
-  """`g_steps` Adam steps of the generator (SPEC §1.3)."""
+  """`g_steps` Adam steps of the generator (ISPF paper App. B, Algorithm 1)."""
   key = _loop_key(state, 0)
   s_vars = student_variables(state)
   grad_fn = jax.value_and_grad(functools.partial(generator_objective, engine, state.knobs), has_aux=True)
@@ -403,7 +407,7 @@ def _generator_phase(engine: Engine, teacher, state: DistillState) -> DistillSta
 
 
 # ----------------------------------------------------------------------------------------------------
-# Student phase (SPEC §1.4, §1.12).
+# Student phase (ISPF paper Eq. 1 and 10; `ChildEden/ISPF UN_datafree_kd.py: train`).
 
 def synthetic_batch(engine: Engine, teacher, g_variables, key):
   """A student batch: x = Norm(G_eval(z)) (no gradient) and the teacher's eval-mode logits on it."""
@@ -413,7 +417,7 @@ def synthetic_batch(engine: Engine, teacher, g_variables, key):
 
 
 def keep_mask(engine: Engine, knobs: Knobs, t_logits) -> jax.Array:
-  """Which rows the student may see: all, BlockF (§1.5.2) or GKT's PreFilter (§1.5.1)."""
+  """Which rows the student may see: all, BlockF or GKT's PreFilter (ISPF paper Eq. 3)."""
   if engine.keep_fn is not None:
     return engine.keep_fn(t_logits)
   options = jnp.stack([jnp.ones(t_logits.shape[:1], bool), blockf_mask(t_logits, knobs.forget),
@@ -432,10 +436,10 @@ def target_probs(knobs: Knobs, t_logits) -> jax.Array:
 
 def student_loss_and_grads(engine: Engine, knobs: Knobs, s_params, s_batch_stats, x, t_logits,
                            mask=None):
-  """Student forward in train mode and the masked batchmean KL to the teacher target (SPEC §1.4).
+  """Student forward in train mode and the masked batchmean KL to the teacher target (ISPF paper Eq. 1, 10).
 
   With `mask`, every student BN uses kept rows only (batch statistics and running averages) and the KL
-  divides by N_kept: identical to the reference's physically shrunk batch (SPEC §1.12).
+  divides by N_kept: identical to the reference's physically shrunk batch (a jitted step keeps a fixed shape).
   Returns (loss, (student logits, new batch_stats)), grads.
   """
   target = target_probs(knobs, lax.stop_gradient(t_logits))
@@ -508,7 +512,7 @@ def _student_phase(engine: Engine, teacher, state: DistillState) -> DistillState
 
 def _loop_step(engine: Engine, teacher, state: DistillState) -> DistillState:
   state = _generator_phase(engine, teacher, state)
-  # Warm-up epochs train the generator only (SPEC §1.6).
+  # Warm-up epochs train the generator only (the reference's `--warmup 2`).
   state = lax.cond(state.epoch >= state.knobs.warmup, lambda s: _student_phase(engine, teacher, s),
                    lambda s: s, state)
   return state.replace(loop=state.loop + 1)
@@ -528,7 +532,7 @@ def begin_epoch(engine: Engine, state: DistillState) -> DistillState:
 
 def end_epoch(engine: Engine, state: DistillState) -> DistillState:
   """Epoch counter and the once-per-epoch cosine step, taken only after warm-up and only if the last
-  loop's student phase was not cut short by an empty batch (the reference's `continue`, SPEC §1.6)."""
+  loop's student phase was not cut short by an empty batch (the reference's `continue`)."""
   del engine
   take = (state.epoch >= state.knobs.warmup) & ~state.last_skipped
   return state.replace(epoch=state.epoch + 1, sched_step=state.sched_step + take.astype(jnp.int32))

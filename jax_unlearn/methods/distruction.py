@@ -1,9 +1,10 @@
-"""DiStruction: repair-free unlearning with a KL penalty between parameter posteriors (SPEC §5.2).
+"""DiStruction: repair-free unlearning with a KL penalty between parameter posteriors (DiStruction paper §3).
 
-Dugue, "Machine Unlearning Without Repair using DiStruction" (2024; seed paper 003). No code is public;
-this is the reconstruction of SPEC §5.2, with the two errors of the paper's text corrected:
-(a) ∂KL/∂μ_q = (μ_q − μ_p)/σ_p² (the paper prints the opposite sign), (b) the BGD σ rule of SPEC §5.1
-(the paper's Eq. 1 puts the −½σ²E[gε] term inside the square root).
+Dugue, "Machine Unlearning Without Repair using DiStruction" (September 2024). No code is public;
+this is our reconstruction of the paper's §3.1–3.2, with two errors of the paper's text corrected:
+(a) ∂KL/∂μ_q = (μ_q − μ_p)/σ_p² (§3.2 prints the opposite sign), (b) the BGD σ rule of the reference
+code `igolan/bgd optimizers_lib/bgd_optimizer.py` (the paper's Eq. 1 puts
+the −½σ²E[gε] term inside the square root).
 
 **Preparation** (§3.1; before the data is discarded, forget set unknown). p = N(μ_p, σ_p²) per parameter,
 μ_p := θ_o (the trained weights). σ_p is learned by BGD (`jax_unlearn.optim.bgd`) on the pretraining loss
@@ -34,7 +35,7 @@ Number of iterations (measured on digits, BUILD_NOTES "DiStruction"): −H is ma
 output over all K classes, where the argmax is a near-tie. On the way there the first few iterations
 overshoot: the label's logit falls below the others and forget accuracy drops to 0 %; later it drifts
 back to a coin toss (30-60 %), so a fixed, long run does not forget. The paper forgets "in a handful of
-iterations" and does not give their number (SPEC §5.2), so the default chooses it on validation data
+iterations" (§4) and does not give their number, so the default chooses it on validation data
 together with λ (`select_every`, `lambda_sweep`): early stopping, measured every 2 iterations.
 
 Stability (our defaults, not in the paper): `max_std_ratio = 1` caps σ_q at σ_p. The mean step is
@@ -53,10 +54,10 @@ stored posterior exists). The forgetting loop draws its batches from a `ForgetBa
 refuses any sample outside the forget set. `lambda_sweep` selects λ and the iteration on *validation*
 data (`ctx.data.forget_val`, `ctx.data.retain_val`); no retain *training* sample is read.
 
-Unknowns of the paper (SPEC §5.2), and our choices: U ('entropy'), λ and the number of iterations
-(chosen on validation data among `lam_sweep` × every `select_every` iterations up to `forget_steps`;
-`lam` is used when `lam_sweep` is empty), η, K, std_init, batch size (digits-sized defaults in
-`default_config`), MAP inference.
+What the paper does not give, and our choices (BUILD_NOTES.md "DiStruction"): U ('entropy'), λ and the
+number of iterations (chosen on validation data among `lam_sweep` × every `select_every` iterations
+up to `forget_steps`; `lam` is used when `lam_sweep` is empty), η, K, std_init, batch size
+(digits-sized defaults in `default_config`), MAP inference.
 """
 
 from __future__ import annotations
@@ -109,10 +110,11 @@ BN_MODES = ("eval", "train")
 def default_config() -> ml_collections.ConfigDict:
   """`config.distruction` defaults, sized for digits/AllCNN(width 0.25) on CPU.
 
-  Fields (paper values are unknown for all of them, SPEC §5.2 "Unknowns"):
-    std_init: σ of p before preparation (BGD library default 0.02, SPEC §5.1). On digits 0.05 made
+  Fields (the paper gives none of these values; our choices):
+    std_init: σ of p before preparation (`igolan/bgd` library default 0.02). On digits 0.05 made
       the frozen-mean preparation diverge (σ of some weights grew without bound, E_q[CE] to 1e12).
-    prep_mean_eta: η during preparation; 0 freezes μ_p = θ_o exactly (SPEC §5.2); > 0 is an option.
+    prep_mean_eta: η during preparation; 0 freezes μ_p = θ_o exactly (our reading of §3.1: "no effect on
+      model performance at inference time"); > 0 is an option.
     mc_iters: K Monte-Carlo samples per minibatch, preparation and forgetting (BGD default 10; 4 here
       for the CPU budget: XLA:CPU runs the K vmapped convolutions as a slow grouped conv).
     prep_epochs, prep_batch_size: BGD preparation budget over the training data.
@@ -136,8 +138,8 @@ def default_config() -> ml_collections.ConfigDict:
     select_every: > 0 also chooses the number of forgetting iterations on validation data: every
       `select_every` iterations (and after the last) each λ's μ_q is measured on forget-val and
       retain-val, and the run returns the best (λ, iteration) pair by the sweep's rule (early
-      stopping; SPEC §5.2 leaves the iteration count open, the paper forgets "in a handful of
-      iterations"). 0: the iterate after `forget_steps` iterations.
+      stopping; the paper does not give the iteration count, it forgets "in a handful of
+      iterations", §4). 0: the iterate after `forget_steps` iterations.
     select_retain_samples: > 0 measures the selection's retain-val accuracy on this many retain-val
       images (a fixed random subset, seeded like the forgetting shuffle) instead of all of them; the
       forget-val split is always used whole. 0 (default): the whole retain-val split.
@@ -209,7 +211,7 @@ def _variables(params, batch_stats):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Forgetting (SPEC §5.2)
+# Forgetting (DiStruction paper §3.2)
 
 class ForgetBatches:
   """Minibatches of the forget set, and nothing else.
@@ -460,7 +462,10 @@ def take(tree, i: int):
 
 
 def unlearned_variables(q: BGDState, batch_stats) -> dict:
-  """Inference variables of q: its mean μ_q (MAP, SPEC §5.2) and the kept BN statistics."""
+  """Inference variables of q: its mean μ_q and the kept BN statistics.
+
+  MAP inference: the paper recovers the original model "by taking the mean" (§3.1).
+  """
   return _variables(q.mean, batch_stats)
 
 
@@ -514,7 +519,7 @@ def lambda_sweep(model, variables, posterior, source, val_forget, val_retain, in
                  teacher=None, log: Callable[[str], None] = print, ckpt_dir: str | None = None,
                  closest: tuple[float, float] | None = None) -> dict:
   """Chooses λ (and, with `cfg.select_every` > 0, the number of iterations) on validation data
-  (SPEC §5.2: both unknown): runs `forget` for all `lams` at once and measures each μ_q on
+  (the paper gives neither): runs `forget` for all `lams` at once and measures each μ_q on
   `val_forget` and `val_retain` (never test data), after the last iteration or, with selection,
   every `select_every` iterations. The smallest `selection_key` wins: among candidates with
   forget-val accuracy <= cfg.sweep_max_forget_acc the best retain-val accuracy (ties: lower forget-val
@@ -574,8 +579,9 @@ def run(ctx: base.UnlearnContext) -> base.UnlearnResult:
   steps = int(cfg.forget_steps)
   if lam_values(cfg.lam_sweep) or int(cfg.select_every) > 0:
     # Random forgetting leaves no forget sample in the validation split: the forget accuracy is then
-    # measured on the forget training samples, as the SSD repository does (SPEC §4.4) and as
-    # `ssd.select_alpha` does; sub-class and random forgetting select by the 'closest' rule.
+    # measured on the forget training samples, as the SSD repository does
+    # (`forget_valid_dl = forget_train_dl`) and as `ssd.select_alpha` does; sub-class and random
+    # forgetting select by the 'closest' rule.
     val_forget = ctx.data.forget_val if len(ctx.data.forget_val) else ctx.data.forget_train
     closest = None
     if ctx.forget_mode != "class":

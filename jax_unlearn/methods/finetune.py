@@ -1,4 +1,5 @@
-"""Fine-tuning on the retain set: the SSD repository's `finetune` baseline (SPEC §4.5).
+"""Fine-tuning on the retain set: the SSD repository's `finetune` baseline
+(`if-loops/selective-synaptic-dampening src/forget_*_strategies.py: finetune`).
 
 `fit_one_cycle(5, model, retain_train_dl, ..., lr=0.02)`: the original model trained on D_r alone with
 SGD (momentum 0.9, weight decay 5e-4, no schedule) for 5 epochs, cross-entropy, BN in train mode, no
@@ -14,7 +15,7 @@ from jax_unlearn.methods import _repair, base
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """`config.finetune` defaults (SPEC §4.5, `src/utils.py: fit_one_cycle` called with lr 0.02).
+  """`config.finetune` defaults (the SSD repository's `src/utils.py: fit_one_cycle` called with lr 0.02).
 
   Fields:
     optimizer: 'sgd' (reference) or 'adam'.

@@ -1,16 +1,19 @@
-"""Loss-Free Selective Synaptic Dampening (LFSSD; Foster, Schoepf & Brintrup, ICLR'24 Tiny Paper), SPEC §4.
+"""Loss-Free Selective Synaptic Dampening (LFSSD; Foster, Schoepf & Brintrup, ICLR'24 Tiny Paper).
+
+Paper: "Loss-Free Machine Unlearning", arXiv 2402.19308. Reference code: the LFSSD snippet of
+`if-loops/selective-synaptic-dampening README.md` over that repository's `src/ssd.py: ParameterPerturber`.
 
 LFSSD is SSD (`ssd.py`) with a label-free importance: the Fisher diagonal is replaced by the sensitivity of
 the squared L2 norm of the model output (MAS-style), so neither D nor D_f needs labels:
 
-  'reference' (the SSD README snippet, SPEC §4.1):
+  'reference' (the SSD repository's README snippet):
       I = (1/n_B) sum_B | grad_theta (1/|B|) sum_{i in B} ||f(x_i)||_2^2 |,   f = logits, eval mode.
   'per_sample':
       I = (1/N) sum_i | grad_theta ||f(x_i)||_2^2 |.
 
-Dampening is SSD's (`ssd.dampen`, SPEC §4.2). Because I_D needs no labels and does not depend on the
-forget request, it is computed once and cached next to the original model (`cache_full_importance`).
-No function here ever looks up a 'label' entry of a batch.
+Dampening is SSD's (`ssd.dampen`, the reference's `modify_weight`). Because I_D needs no labels and
+does not depend on the forget request, it is computed once and cached next to the original model
+(`cache_full_importance`). No function here ever looks up a 'label' entry of a batch.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ output_norm_sq = ssd.output_norm_sq  # re-exported: LFSSD's per-example loss
 
 def lfssd_importance(apply_fn: Callable, variables, batches: Iterable[dict], mode: str = "reference", *,
                      preprocess: Callable | None = None, per_sample_chunk: int = 16):
-  """LFSSD importance of every entry of `variables['params']` (BN scale/bias included), SPEC §4.1.
+  """LFSSD importance of every entry of `variables['params']` (BN scale/bias included), the README snippet.
 
   Args:
     apply_fn: `model.apply`, run as `apply_fn(variables, preprocess(x), train=False)` (running BN stats).

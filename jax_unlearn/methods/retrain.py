@@ -1,9 +1,10 @@
 """Retrain: the gold standard. A model trained from scratch on the retain data only.
 
-No layer is kept from the original (the SSD repository's "retrain" resets only the head; we do not,
-project decision 6). Same recipe, budget and selection by (retain) validation accuracy as the original
-(`ctx.train_cfg`). Cached in its run directory under the fingerprint of everything it depends on
-(`train.supervised.fit_or_load`): a second call loads it and reports the training time it measured.
+No layer is kept from the original (the SSD repository's "retrain" resets only the head; we do not:
+our choice, BUILD_NOTES.md "Decisions"). Same recipe, budget and selection by (retain) validation
+accuracy as the original (`ctx.train_cfg`). Cached in its run directory under the fingerprint of
+everything it depends on (`train.supervised.fit_or_load`): a second call loads it and reports the
+training time it measured.
 """
 
 from jax_unlearn.methods import base

@@ -1,19 +1,21 @@
-"""Selective Synaptic Dampening (SSD; Foster, Schoepf & Brintrup, AAAI'24), SPEC §4.
+"""Selective Synaptic Dampening (SSD; Foster, Schoepf & Brintrup, AAAI'24).
+
+Reference code: `if-loops/selective-synaptic-dampening src/ssd.py: ParameterPerturber`.
 
 SSD needs no training: it estimates how important every parameter is for the full training set D and for
 the forget set D_f, and shrinks the parameters that matter disproportionately to D_f:
 
-* Importance (SPEC §4.1): the diagonal of the Fisher information, estimated from cross-entropy gradients.
+* Importance: the diagonal of the Fisher information, estimated from cross-entropy gradients.
   The reference (`ParameterPerturber.calc_importance`) squares the gradient of the *batch-mean* loss of each
   minibatch and averages over minibatches, in eval mode (BN uses running statistics), for every parameter
   including BN scale and bias.
-* Dampening (SPEC §4.2, `modify_weight`): where I_Df > alpha * I_D, theta <- theta * min(lam * I_D / I_Df, 1).
+* Dampening (`modify_weight`): where I_Df > alpha * I_D, theta <- theta * min(lam * I_D / I_Df, 1).
 
 This module holds the machinery shared with LFSSD (`lfssd.py`, which only swaps the loss for the squared
 output norm and the square for an absolute value): the jitted importance accumulator, `dampen`, the
 `run` driver with its on-disk cache of the D importance, and `select_alpha`, the validation sweep.
 
-Importance modes (project decision 5 of SPEC):
+Importance modes (the second is our addition; BUILD_NOTES.md "LFSSD and SSD"):
 * 'reference': per minibatch, g_B = grad of the batch-mean loss; I = mean_B r(g_B) with r = square (SSD)
   or abs (LFSSD). Batch size and batch composition matter, so `run` keeps the reference's batch sizes and
   its unshuffled D = retain_train ++ forget_train order.
@@ -64,8 +66,9 @@ ALPHA_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 15.0, 25.0)
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """`config.ssd` defaults (SPEC §4.3: ResNet18 alpha = 10 in every scenario, ViT 5 full class / 25
-  sub-class, lambda = 1; SPEC §4.1: batch 64 for D and D_f, D_f batch 128 in random forgetting).
+  """`config.ssd` defaults (the SSD code's `selection_weighting` and `dampening_constant`: ResNet18
+  alpha = 10 in every scenario, ViT 5 full class / 25 sub-class, lambda = 1; its loaders: batch 64 for
+  D and D_f, D_f batch 128 in random forgetting).
 
   Fields:
     alpha: selection weighting; parameters with I_Df > alpha * I_D are dampened. 'auto' (the default
@@ -179,8 +182,8 @@ def importance(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: 
   """SSD/LFSSD importance of every entry of `params` on ONE batch: a pure, jittable, vmappable function.
 
   With per-example loss l_i (loss='fisher': cross-entropy CE(f(x_i), y_i), SSD's diagonal Fisher
-  information, Foster et al. AAAI'24 §3; loss='output_norm': ||f(x_i)||_2^2, LFSSD's label-free
-  sensitivity, Foster et al. 2024 §2) and r = square (fisher) or abs (output_norm):
+  information, Foster et al. AAAI'24; loss='output_norm': ||f(x_i)||_2^2, LFSSD's label-free
+  sensitivity, Foster et al. 2024, arXiv 2402.19308) and r = square (fisher) or abs (output_norm):
 
     'reference':  I = r( grad_params (1/|B|) sum_{i in B} m_i l_i )   (|B| = sum_i m_i; the SSD code's
                   per-minibatch term: the iterator helpers average it over minibatches);
@@ -255,7 +258,7 @@ def _check_mode(mode):
 def accumulate_importance(apply_fn: Callable, variables, batches: Iterable[dict], *, loss_fn: Callable,
                           reduce: str, uses_labels: bool, mode: str = "reference",
                           preprocess: Callable | None = None, per_sample_chunk: int = 16):
-  """Importance of every entry of `variables['params']` for the data in `batches` (SPEC §4.1).
+  """Importance of every entry of `variables['params']` for the data in `batches` (`calc_importance`).
 
   Args:
     apply_fn: `model.apply`; called as `apply_fn(variables, x, train=False)` and returning logits.
@@ -312,7 +315,7 @@ def accumulate_importance(apply_fn: Callable, variables, batches: Iterable[dict]
 
 def ssd_importance(apply_fn: Callable, variables, batches: Iterable[dict], mode: str = "reference", *,
                    preprocess: Callable | None = None, per_sample_chunk: int = 16):
-  """SSD importance: diagonal Fisher from cross-entropy with labels (SPEC §4.1).
+  """SSD importance: diagonal Fisher from cross-entropy with labels (`calc_importance`).
 
   'reference': I = (1/n_B) sum_B (grad_theta (1/|B|) sum_{i in B} CE(f(x_i), y_i))^2.
   'per_sample': I = (1/N) sum_i (grad_theta CE(f(x_i), y_i))^2.
@@ -328,7 +331,7 @@ def ssd_importance(apply_fn: Callable, variables, batches: Iterable[dict], mode:
 
 @jax.jit
 def dampen(params, imp_full, imp_forget, alpha, lam):
-  """Selective dampening (SPEC §4.2, `modify_weight` with exponent 1 and the cap at 1).
+  """Selective dampening (the reference's `modify_weight` with exponent 1 and the cap at 1).
 
   For every element: if I_Df > alpha * I_D then theta <- theta * min(lam * I_D / I_Df, 1), else theta is
   unchanged. Pure over pytrees of the same structure; `alpha`, `lam` are traced (sweeps do not recompile).

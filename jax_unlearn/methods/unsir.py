@@ -1,6 +1,6 @@
 """UNSIR: error-maximising noise, impair, repair (Tarun et al., IEEE TNNLS'23) as run in the SSD
-repository (SPEC §4.5; `forget_*_strategies.py: UNSIR`, `unlearn.py: UNSIR_noise_train,
-UNSIR_create_noisy_loader`). Class and sub-class forgetting only.
+repository (`if-loops/selective-synaptic-dampening src/forget_*_strategies.py: UNSIR`,
+`src/unlearn.py: UNSIR_noise_train, UNSIR_create_noisy_loader`). Class and sub-class forgetting only.
 
 1. Noise. For a forget class c, a tensor N of shape (32, H, W, C), N ~ N(0, 1) in the model's
    *normalised* input space, is trained for 25 Adam steps (lr 0.1) to maximise the model's error on c:
@@ -35,7 +35,7 @@ from jax_unlearn.methods import _repair, base
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """`config.unsir` defaults (SPEC §4.5).
+  """`config.unsir` defaults (the SSD repository's UNSIR settings).
 
   Fields:
     noise_batch_size: rows of each noise tensor (32).

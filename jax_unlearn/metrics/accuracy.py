@@ -1,4 +1,6 @@
-"""Forget / retain accuracy on the test split (SPEC §1.8 "Test metrics", ISPF `test_all_in_one`).
+"""Forget / retain accuracy on the test split (ISPF paper §4.1, "Classification Accuracies").
+
+Reference: `ChildEden/ISPF unlearning_utils/metric.py: test_all_in_one`.
 
 Protocol:
 * `acc_forget` = top-1 accuracy (percent) on the test images of the forget classes (the test split's
@@ -6,7 +8,8 @@ Protocol:
   (`data.retain_test`).
 * Random-sample forgetting has no forget *test* images (the forgotten samples are training samples),
   so `acc_forget` is then measured on the forgotten training samples `data.forget_train`, as the SSD
-  repository does (`forget_valid_dl = forget_train_dl`, SPEC §4.4).
+  repository does (`if-loops/selective-synaptic-dampening`, random forgetting:
+  `forget_valid_dl = forget_train_dl`).
 Inference is batched and jitted (`train.evaluate.predict_logits`, eval-mode BatchNorm).
 """
 

@@ -1,4 +1,4 @@
-"""AIN, the Anamnesis Index (GKT, Chundawat et al. 2023; SPEC §1.10 and §6, decision 8).
+"""AIN, the Anamnesis Index (GKT, Chundawat et al. 2023; ISPF paper §4.1).
 
 AIN = r(unlearned) / r(retrain), where r(model) counts the optimiser steps that relearning needs to bring
 the model's forget-class accuracy back to (1 - alpha) x the *original* model's forget-class accuracy

@@ -1,4 +1,4 @@
-"""`kl_to_retrain`: KL(p_unlearned || p_retrain) on forget-class test images (ISPF App. G, SPEC §1.10).
+"""`kl_to_retrain`: KL(p_unlearned || p_retrain) on forget-class test images (ISPF paper App. G).
 
 Protocol: both models in eval mode on the same raw images (the forget view of the test split; for
 random-sample forgetting, which has no forget test images, the forgotten training samples — see

@@ -1,4 +1,4 @@
-"""`mia_entropy`: the SSD repository's entropy membership-inference attack (SPEC §4.4, decision 8).
+"""`mia_entropy`: the SSD repository's entropy membership-inference attack (the DiStruction paper's "MIA").
 
 Protocol (`if-loops/selective-synaptic-dampening: src/metrics.py`, from bad-teaching):
 * feature = entropy of the softmax output, H(p) = -sum_k p_k log p_k (one scalar per image);

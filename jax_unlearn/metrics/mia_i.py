@@ -1,4 +1,4 @@
-"""MIA-I: SalUn's confidence-based membership-inference attack (SPEC §1.10, project decision 8).
+"""MIA-I: SalUn's confidence-based membership-inference attack (ISPF paper §4.1, "MIA_I").
 
 Protocol (`OPTML-Group/Unlearn-Saliency: Classification/evaluation/SVC_MIA.py`, as copied into ISPF's
 `unlearning_utils/svc_mia.py`, which keeps only the confidence feature):

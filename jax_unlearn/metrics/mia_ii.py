@@ -1,4 +1,4 @@
-"""MIA-II: a Shokri-style shadow-model membership attack, reported as F1 (SPEC §1.10 reconstruction).
+"""MIA-II: a Shokri-style shadow-model membership attack, reported as F1 (ISPF paper §4.1).
 
 ISPF reports MIA-II as the F1 score of a shadow-model attack but ships no code for it (neither does the
 Boundary-Unlearning repository it cites). Reconstruction, with every pool stated:

@@ -1,4 +1,8 @@
-"""AllCNN (Springenberg et al.) as used by ISPF and SSD (SPEC §1.7), with BatchNorm."""
+"""AllCNN (Springenberg et al.) as used by ISPF and SSD, with BatchNorm.
+
+Reference: `ChildEden/ISPF datafree/models/classifiers/AllCNN.py` (the SSD repository's `src/models.py`
+has the same structure).
+"""
 
 from __future__ import annotations
 

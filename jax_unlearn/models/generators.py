@@ -1,8 +1,10 @@
 """Generators for data-free distillation.
 
-* `DFQGenerator`: CMI's `LargeGenerator` used by ISPF (SPEC §1.2). Output in [0, 1] (sigmoid); the
-  dataset normaliser is applied afterwards, before the teacher/student see the image.
-* `ZSKTGenerator`: the ZSKT/GKT generator (SPEC §2.1). Output is batch-normalised (no squashing).
+* `DFQGenerator`: CMI's `LargeGenerator` used by ISPF (`ChildEden/ISPF datafree/models/generator.py`).
+  Output in [0, 1] (sigmoid); the dataset normaliser is applied afterwards, before the
+  teacher/student see the image.
+* `ZSKTGenerator`: the ZSKT/GKT generator (`ayushkumartarun/zero-shot-unlearning unlearn.py`).
+  Output is batch-normalised (no squashing).
 
 Both take `z` of shape `[N, nz]` and `train` (BN mode: batch statistics + running-average update in
 train mode, running statistics in eval mode — ISPF uses eval mode for the student's batches).

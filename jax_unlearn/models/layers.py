@@ -109,9 +109,10 @@ class BatchNorm(nn.BatchNorm):
     n <= 1 keeps the biased value (`bessel_correction`). Outputs and the running mean do not depend
     on the mode.
   * `mask` (shape `[N]`, bool): batch statistics and the running-average update use kept rows only.
-    This is what a PyTorch BN sees after PreFilter/BlockF shrink the batch (SPEC §1.12).
+    This is what a PyTorch BN sees after PreFilter/BlockF shrink the batch
+    (the reference drops the filtered rows; a jitted step keeps a fixed shape).
   * It sows `(mean, var, running_mean, running_var)` of its *input* into the `bn_stats` collection:
-    the DeepInversion/DFQ BN-statistics loss needs them (SPEC §1.3, L_BN); `var` is the biased batch
+    the DeepInversion/DFQ BN-statistics loss L_BN needs them; `var` is the biased batch
     variance, as in the reference hook (`var(1, unbiased=False)`), whatever `running_var` is. Ask for
     them with `apply(..., mutable=['bn_stats'])`; otherwise the sow is a no-op.
   * `dot_stats=True`: in train mode without `mask`, the layer runs `batch_norm_train` (statistics and

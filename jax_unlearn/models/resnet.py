@@ -1,4 +1,7 @@
-"""CIFAR ResNet18 (DAFL/ISPF variant, SPEC §1.7): 3x3 stem, no max-pool, 4 stages of BasicBlocks."""
+"""CIFAR ResNet18 (DAFL/ISPF variant): 3x3 stem, no max-pool, 4 stages of BasicBlocks.
+
+Reference: `ChildEden/ISPF datafree/models/classifiers/resnet.py`.
+"""
 
 from __future__ import annotations
 

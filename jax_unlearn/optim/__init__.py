@@ -1,4 +1,4 @@
-"""Optimisers that optax does not ship: Bayesian Gradient Descent (SPEC §5.1).
+"""Optimisers that optax does not ship: Bayesian Gradient Descent (Zeno et al.; `igolan/bgd`).
 
 `bgd(...)` is an optax transformation. DiStruction's fast path passes E[g] and `e_grad_eps=E[gε]`
 (`bgd_expectations`); `bgd(..., num_samples=K, key=seed)` also honours the standard

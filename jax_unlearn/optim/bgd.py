@@ -1,4 +1,4 @@
-"""Bayesian Gradient Descent (BGD) as an optax transformation (SPEC §5.1).
+"""Bayesian Gradient Descent (BGD) as an optax transformation (reference: `igolan/bgd`).
 
 BGD (Zeno, Golan, Hoffer & Soudry, "Task Agnostic Continual Learning Using Online Variational Bayes",
 reference code `igolan/bgd: optimizers_lib/bgd_optimizer.py`) keeps a factorised Gaussian
@@ -11,8 +11,8 @@ its gradient by the batch size, `aggregate_grads(batch_size)`), and forms
 
     E[g] = (1/K) Σ_k g_k,        E[gε] = (1/K) Σ_k g_k ⊙ ε_k.
 
-E[g] is ∂E_q[L]/∂μ and E[gε] is ∂E_q[L]/∂σ (reparameterisation). The step is (SPEC §5.1; the
-DiStruction paper's Eq. 1 misplaces the square root, SPEC §5.2 (b)):
+E[g] is ∂E_q[L]/∂μ and E[gε] is ∂E_q[L]/∂σ (reparameterisation). The step is the reference code's `step()`
+(the DiStruction paper's Eq. 1 puts the −½σ²E[gε] term inside the square root; the code's form is used):
 
     μ ← μ − η σ² ⊙ E[g]                                     (old σ; η = `mean_eta`)
     σ ← σ ⊙ sqrt(1 + (σ ⊙ E[gε] / 2)²) − σ² ⊙ E[gε] / 2.
@@ -105,7 +105,7 @@ class BGDExpectations(NamedTuple):
 
 
 def bgd_std_update(std: jax.Array, e_grad_eps: jax.Array) -> jax.Array:
-  """σ ← σ sqrt(1 + (σE[gε]/2)²) − σ²E[gε]/2 (SPEC §5.1), in a cancellation-free form.
+  """σ ← σ sqrt(1 + (σE[gε]/2)²) − σ²E[gε]/2 (the reference's `step()`), in a cancellation-free form.
 
   With x = σE[gε]/2 the rule is σ(sqrt(1+x²) − x). For x > 0 this subtracts two nearly equal numbers
   (in float32 it returns exactly 0 once x ≳ 4e3), so we use the algebraically identical
@@ -119,11 +119,11 @@ def bgd_std_update(std: jax.Array, e_grad_eps: jax.Array) -> jax.Array:
 def bgd(mean_eta: float = 1.0, std_init: float = 0.02, *, update_std: bool = True,
         num_samples: int | None = None, key: jax.Array | int = 0
         ) -> optax.GradientTransformationExtraArgs:
-  """Bayesian Gradient Descent (Zeno et al. 2018; SPEC §5.1) as an optax transformation.
+  """Bayesian Gradient Descent (Zeno et al. 2018; `igolan/bgd optimizers_lib/bgd_optimizer.py`) in optax.
 
   Args:
     mean_eta: η in μ ← μ − η σ² E[g] (reference default 1; 8 for CIFAR-10 VGG with BN). With the
-      Python value 0 the mean is left bit-for-bit unchanged (DiStruction's preparation, SPEC §5.2).
+      Python value 0 the mean is left bit-for-bit unchanged (the DiStruction paper's §3.1 preparation).
     std_init: initial σ for every parameter (reference library default 0.02; CLI default 0.05).
     update_std: set False to keep σ fixed (then BGD is preconditioned noisy SGD).
     num_samples: K. None (default): state `BGDState(mean, std)` and `update` needs `e_grad_eps=`.
@@ -259,7 +259,8 @@ def _infer_batch_size(batch: Any) -> int:
 def bgd_expectations(loss_fn: Callable[..., Any], state: BGDState | BGDSampledState, key: jax.Array,
                      num_samples: int, *batch: Any, batch_size: int | None = None, has_aux: bool = False,
                      vectorize: str = "vmap") -> BGDExpectations:
-  """E[g] and E[g ⊙ ε] over `num_samples` Monte-Carlo samples of `state` (SPEC §5.1, steps 1–4).
+  """E[g] and E[g ⊙ ε] over `num_samples` Monte-Carlo samples of `state` (the reference's
+  `mc_iters` loop with `aggregate_grads(batch_size)`).
 
   Args:
     loss_fn: `loss_fn(params, *batch)` returning the batch-**mean** loss, or `(loss, aux)` when
@@ -326,7 +327,7 @@ def bgd_train_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformation
                    params: PyTree, opt_state: Any, key: jax.Array, *batch: Any, num_samples: int = 10,
                    has_aux: bool = False, vectorize: str = "vmap", batch_size: int | None = None
                    ) -> tuple[PyTree, Any, dict[str, Any]]:
-  """One BGD minibatch step for any model: sample, average, update (SPEC §5.1).
+  """One BGD minibatch step for any model: sample, average, update (`igolan/bgd`).
 
   `tx` is `bgd(...)` or a chain containing it. Returns `(params, opt_state, metrics)` where `params`
   is the new posterior mean and `metrics = {'loss', 'aux'}` (`aux` from the first sample, e.g. new

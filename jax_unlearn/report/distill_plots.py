@@ -1,6 +1,6 @@
 """Plots for the data-free distillation engine (`methods/distill.py`).
 
-* `plot_diagnostics`: a Figure-2-style panel (ISPF §4.3): forget-class synthesis rate, kept samples per
+* `plot_diagnostics`: a Figure-2-style panel (ISPF paper §4.3): forget-class synthesis rate, kept samples per
   student batch, and the Eq. 11 retain entropy, each against the epoch, one line per strategy.
 * `save_sample_grid`: a PNG grid of synthetic samples.
 

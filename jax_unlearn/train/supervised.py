@@ -1,4 +1,6 @@
-"""Supervised training of the original and retrain models (SPEC §1.8 of the project notes).
+"""Supervised training of the original and retrain models (ISPF paper App. C).
+
+Reference: `ChildEden/ISPF UN_train_scratch.py`, `UN_retrain_scratch.py`.
 
 The step is a pure function `train_step(state, batch, key) -> (state, metrics)`, jitted, with the
 batch sharded along the 'data' axis of a device mesh and the state replicated. `fit` runs it through the
