@@ -17,9 +17,10 @@ import dataclasses
 import os
 import time
 import zlib
-from typing import Callable
+from typing import Any, Callable
 
 import jax
+import ml_collections
 import numpy as np
 
 from jax_unlearn import config as config_lib
@@ -39,6 +40,7 @@ __all__ = ["Setup", "root_key", "phase_key", "forget_tag", "run_dir", "load_setu
 
 @dataclasses.dataclass
 class Setup:
+  """What `load_setup` builds from a config: the data set, its forget/retain views and the classifier."""
   config: object
   dataset: data_lib.Dataset
   data: data_lib.UnlearnData
@@ -47,37 +49,41 @@ class Setup:
   original_dir: str = ""           # set by `train_original`
 
   @property
-  def info(self):
+  def info(self) -> data_lib.DataInfo:
+    """The data set's `DataInfo`."""
     return self.dataset.info
 
 
-def root_key(config):
+def root_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The run's root PRNG key, from `config.seed`."""
   return jax.random.key(int(config.seed))
 
 
-def phase_key(config, name: str):
+def phase_key(config: ml_collections.ConfigDict, name: str) -> jax.Array:
   """Independent key per phase/method, a function of (seed, name) only: adding a method to a run
   never changes another method's random numbers."""
   return jax.random.fold_in(root_key(config), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def forget_tag(config) -> str:
+def forget_tag(config: ml_collections.ConfigDict) -> str:
+  """A directory-safe name of the forget request (`class-3`, `subclass-69`, `random-100`)."""
   f = config.forget
   if f.mode == "random":
     return f"random-{f.num_samples}"
   return f"{f.mode}-" + "-".join(str(c) for c in f.classes)
 
 
-def run_dir(config, workdir: str, method: str) -> str:
+def run_dir(config: ml_collections.ConfigDict, workdir: str, method: str) -> str:
+  """W/runs/<forget-tag>_seed<s>/<method>: where one method's run writes."""
   return os.path.join(os.path.abspath(workdir), "runs", f"{forget_tag(config)}_seed{config.seed}", method)
 
 
-def model_config(config) -> dict:
+def model_config(config: ml_collections.ConfigDict) -> dict:
   """`config.model` as a plain dict (what the model fingerprint covers)."""
   return config.model.to_dict()
 
 
-def load_setup(config, workdir: str | None = None, methods: tuple[str, ...] = (),
+def load_setup(config: ml_collections.ConfigDict, workdir: str | None = None, methods: tuple[str, ...] = (),
                with_metrics: bool = False) -> Setup:
   """Validates `config` (every method in `methods`, and the metrics `with_metrics`), loads the dataset,
   builds the forget/retain views and the classifier."""
@@ -88,7 +94,8 @@ def load_setup(config, workdir: str | None = None, methods: tuple[str, ...] = ()
   return Setup(config=config, dataset=dataset, data=udata, model=model, problem=prob)
 
 
-def train_original(config, workdir: str, log: Callable[[str], None] = print, setup: Setup | None = None):
+def train_original(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print,
+                   setup: Setup | None = None) -> tuple[Setup, dict, dict]:
   """Trains (or loads) the original model on the full training split. Returns (setup, variables,
   metrics); `setup.original_dir` is its directory."""
   setup = setup or load_setup(config, workdir)
@@ -109,7 +116,7 @@ def train_original(config, workdir: str, log: Callable[[str], None] = print, set
   return setup, variables, m
 
 
-def train(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+def train(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print) -> dict:
   """`launch.train`: trains (or loads) the original model; writes W/metrics.json; returns its metrics."""
   setup = load_setup(config, workdir)
   with workdir_lock(workdir):
@@ -119,7 +126,9 @@ def train(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   return m
 
 
-def make_context(setup: Setup, workdir: str, method: str, original, log=print):
+def make_context(setup: Setup, workdir: str, method: str, original: Any,
+                 log: Callable[[str], None] = print) -> methods_lib.UnlearnContext:
+  """The `UnlearnContext` of `method` for this setup: its merged sub-config, key, workdir, data."""
   config = setup.config
   mode = str(config.forget.mode)
   # Classifier labels forgotten: none for random forgetting, and none in sub-class mode (the
@@ -133,7 +142,8 @@ def make_context(setup: Setup, workdir: str, method: str, original, log=print):
       train_cfg=supervised.recipe(config.train, config.batch_size), model_cfg=model_config(config))
 
 
-def run_method(setup: Setup, workdir: str, method: str, original, log=print):
+def run_method(setup: Setup, workdir: str, method: str, original: Any, log: Callable[[str], None] = print
+               ) -> tuple[methods_lib.UnlearnResult, float]:
   """Runs one registered method and writes its plots (`report.method_plots`); returns
   (UnlearnResult, wall seconds)."""
   fn = methods_lib.get(method)
@@ -147,7 +157,7 @@ def run_method(setup: Setup, workdir: str, method: str, original, log=print):
   return result, wall
 
 
-def forget_retain_accuracy(setup: Setup, variables) -> dict:
+def forget_retain_accuracy(setup: Setup, variables: Any) -> dict[str, float]:
   """`acc_forget`/`acc_retain` (percent) on the test split; random forgetting has no forget test
   samples, so its `acc_forget` is measured on the forget training samples."""
   d = setup.data
@@ -156,7 +166,7 @@ def forget_retain_accuracy(setup: Setup, variables) -> dict:
           "acc_retain": accuracy(setup.model, variables, d.retain_test, setup.info)}
 
 
-def unlearn(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+def unlearn(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print) -> dict:
   """`launch.unlearn`: trains/loads the original, runs `config.method`, evaluates, writes metrics."""
   method = str(config.method)
   setup = load_setup(config, workdir, (method,))  # every check before the original is trained
@@ -181,7 +191,7 @@ def unlearn(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   return m
 
 
-def prepare(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+def prepare(config: ml_collections.ConfigDict, workdir: str, log: Callable[[str], None] = print) -> dict:
   """`launch.prepare`: trains/loads the original model of `workdir` (as `launch.train` does), then
   learns DiStruction's σ_p on the training data with the mean frozen and stores the posterior beside
   the original model, where `launch.unlearn --config.method=distruction` finds it.

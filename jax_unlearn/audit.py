@@ -122,6 +122,7 @@ class Plan:
 
 
 def plan(config, num_train: int, acfg=None) -> Plan:
+  """The audit's `Plan` (candidates, membership, training masks) for `config.audit` and `num_train`."""
   acfg = acfg or audit_config(config)
   c = int(acfg.candidates) or 2 * int(config.forget.num_samples)
   return Plan(num_train, int(acfg.num_models), c, int(config.seed) + int(acfg.seed_offset))

@@ -45,6 +45,7 @@ def merge_sweep(config) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """Every field of an experiment config with its default; `configs/*.py` start from it."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.seeds = ()                    # experiment: run every seed listed (empty = just `seed`)
@@ -166,4 +167,5 @@ def _check_writable(workdir: str) -> None:
 
 
 def placeholder(type_):
+  """`ml_collections.config_dict.placeholder(type_)`: a None default that flags can still set."""
   return config_dict.placeholder(type_)

@@ -101,6 +101,7 @@ def _add_columns(row: dict, rdir: str, fp: str, original, get_suite, config, log
 
 
 def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+  """`launch.experiment`: every method of `config.methods` (and seed of `config.seeds`), one table."""
   methods = config_lib.parse_methods(config.methods)
   if not methods:
     raise ConfigError("config.methods is empty; pass e.g. --config.methods=original,retrain,ispf")

@@ -30,6 +30,7 @@ def _clean(obj):
 
 
 def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (a temporary file in the same directory, then a rename)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
@@ -61,6 +62,7 @@ def read_json_list(path: str) -> list:
 
 
 def append_jsonl(path: str, obj) -> None:
+  """Appends `obj` as one JSON line to `path` (NaN as null, numpy scalars as numbers)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "a") as f:
     f.write(json.dumps(_clean(obj)) + "\n")

@@ -29,9 +29,11 @@ class Registry(Generic[Spec]):
     self._discovered = False
 
   def add(self, spec: Spec) -> None:
+    """Registers `spec` under `spec.name` (a second spec of the same name replaces the first)."""
     self._specs[spec.name] = spec
 
   def pop(self, name: str) -> Spec | None:
+    """Removes and returns the spec registered under `name` (None if there is none)."""
     return self._specs.pop(name, None)
 
   def peek(self, name: str) -> Spec | None:
@@ -54,9 +56,11 @@ class Registry(Generic[Spec]):
     return sorted(self._specs.values(), key=lambda s: (s.order, s.name))
 
   def names(self) -> list[str]:
+    """Every registered name, in order."""
     return [s.name for s in self.all()]
 
   def get(self, name: str) -> Spec:
+    """The spec registered under `name`; ConfigError naming the closest name and the flag if unknown."""
     self.discover()
     if name not in self._specs:
       close = difflib.get_close_matches(str(name), list(self._specs), n=1)

@@ -17,3 +17,6 @@ from jax_unlearn.methods.base import (  # noqa: F401
                                       spec,
                                       specs,
 )
+
+__all__ = ["MethodSpec", "Problem", "UnlearnContext", "UnlearnResult", "default_table", "discover", "get",
+           "names", "register", "spec", "specs"]

@@ -8,9 +8,12 @@ engine that runs them is `methods.distill`; these are re-exported there.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 __all__ = ["bn_statistics_loss", "one_hot_loss", "balance_loss", "activation_loss", "adversarial_loss",
            "inhibited_synthesis_loss", "postfilter_row", "postfilter", "pd_teacher_probs",
@@ -19,7 +22,7 @@ __all__ = ["bn_statistics_loss", "one_hot_loss", "balance_loss", "activation_los
 # ----------------------------------------------------------------------------------------------------
 # Losses, filters and targets (pure functions; `forget_mask` is a [K] bool vector of the classes in F).
 
-def bn_statistics_loss(stats) -> jax.Array:
+def bn_statistics_loss(stats: Sequence[tuple[jax.Array, jax.Array, jax.Array, jax.Array]]) -> jax.Array:
   """L_BN of DFQ/DeepInversion: Σ_l ‖σ²_l − v_l‖₂ + ‖μ_l − m_l‖₂ (`ChildEden/ISPF datafree/hooks.py`).
 
   `stats` is a list of (input mean μ_l, input *biased* variance σ²_l, running mean m_l, running var v_l),
@@ -32,7 +35,7 @@ def bn_statistics_loss(stats) -> jax.Array:
   return total
 
 
-def one_hot_loss(t_logits) -> jax.Array:
+def one_hot_loss(t_logits: jax.Array) -> jax.Array:
   """L_oh: mean_b CE(z^T_b, argmax z^T_b), the instance-entropy term of DFQ.
 
   Reference: `ChildEden/ISPF datafree/synthesis/generative_unlearning.py`.
@@ -41,7 +44,7 @@ def one_hot_loss(t_logits) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(t_logits, labels).mean()
 
 
-def balance_loss(t_logits) -> jax.Array:
+def balance_loss(t_logits: jax.Array) -> jax.Array:
   """L_bal: Σ_c p̄_c log p̄_c with p̄ the batch-mean teacher softmax (negative entropy).
 
   Reference: `ChildEden/ISPF datafree/synthesis/generative_unlearning.py`.
@@ -50,7 +53,7 @@ def balance_loss(t_logits) -> jax.Array:
   return jnp.sum(jax.scipy.special.xlogy(p_bar, p_bar))
 
 
-def activation_loss(t_features) -> jax.Array:
+def activation_loss(t_features: jax.Array) -> jax.Array:
   """L_act (DAFL): −mean |f^T| of the teacher's penultimate features (weight 0 in ISPF's script)."""
   return -jnp.mean(jnp.abs(t_features))
 
@@ -61,7 +64,7 @@ def _kl_terms(t_logits, s_logits):
   return jax.scipy.special.xlogy(p_t, p_t) - p_t * jax.nn.log_softmax(s_logits, -1)
 
 
-def adversarial_loss(t_logits, s_logits) -> jax.Array:
+def adversarial_loss(t_logits: jax.Array, s_logits: jax.Array) -> jax.Array:
   """L_adv of DFKD/GKT/PF/BlockF (ISPF paper Eq. 2): −KL(p^T ‖ p^S), T = 1, batchmean.
 
   Reference: `ChildEden/ISPF datafree/criterions.py: kldiv`.
@@ -71,7 +74,7 @@ def adversarial_loss(t_logits, s_logits) -> jax.Array:
   return -jnp.sum(_kl_terms(t_logits, s_logits)) / t_logits.shape[0]
 
 
-def inhibited_synthesis_loss(t_logits, s_logits, forget_mask) -> jax.Array:
+def inhibited_synthesis_loss(t_logits: jax.Array, s_logits: jax.Array, forget_mask: ArrayLike) -> jax.Array:
   """Inhibited Synthesis, ISPF paper Eq. 7 in its code form (`generative_unlearning.py`).
 
   L_adv^IS = (1/B) Σ_b [ Σ_{c∈F} k_bc − Σ_{c∈R} k_bc ],  k_bc = p^T_bc (log p^T_bc − log p^S_bc).
@@ -85,7 +88,8 @@ def inhibited_synthesis_loss(t_logits, s_logits, forget_mask) -> jax.Array:
   return jnp.sum(signed) / t_logits.shape[0]
 
 
-def postfilter_row(z, forget_mask, tau, gated=True) -> jax.Array:
+def postfilter_row(z: jax.Array, forget_mask: ArrayLike, tau: ArrayLike, gated: ArrayLike = True
+                   ) -> jax.Array:
   """PostFilter on one row of teacher logits, ISPF paper Eq. 8–9 as implemented in
   `ChildEden/ISPF unlearning_utils/dfkd_unlearning_strategies.py`.
 
@@ -109,7 +113,8 @@ postfilter = jax.vmap(postfilter_row, in_axes=(0, None, None, None))
 postfilter.__doc__ = "`postfilter_row` over the rows of [B, K] teacher logits (Eq. 8–9 of ISPF)."
 
 
-def pd_teacher_probs(t_logits, forget_mask, tau=0.0, gated=False) -> jax.Array:
+def pd_teacher_probs(t_logits: jax.Array, forget_mask: ArrayLike, tau: ArrayLike = 0.0,
+                     gated: ArrayLike = False) -> jax.Array:
   """PD target (ISPF paper App. I; not in the reference code): zero the forget probabilities and renormalise.
 
   p̃_c = p^T_c [c ∈ R] / Σ_{r∈R} p^T_r, i.e. softmax with forget logits set to −∞. Ungated by default (the
@@ -123,19 +128,20 @@ def pd_teacher_probs(t_logits, forget_mask, tau=0.0, gated=False) -> jax.Array:
   return jax.nn.softmax(jnp.where(drop, -jnp.inf, t_logits), -1)
 
 
-def prefilter_mask(t_logits, forget_mask, tau) -> jax.Array:
+def prefilter_mask(t_logits: jax.Array, forget_mask: ArrayLike, tau: ArrayLike) -> jax.Array:
   """GKT PreFilter (ISPF paper Eq. 3): keep row b iff p^T_bf < τ (strict) for every forget class f."""
   p = jax.nn.softmax(t_logits, -1)
   ok = jnp.where(jnp.asarray(forget_mask, bool)[None, :], p < tau, True)
   return jnp.all(ok, -1)
 
 
-def blockf_mask(t_logits, forget_mask) -> jax.Array:
+def blockf_mask(t_logits: jax.Array, forget_mask: ArrayLike) -> jax.Array:
   """BlockF (ISPF paper §4.1, "Baselines"): keep row b iff argmax_c z^T_bc ∉ F."""
   return ~jnp.asarray(forget_mask, bool)[jnp.argmax(t_logits, -1)]
 
 
-def masked_kl(t_logits_or_probs, s_logits, mask=None, target_is_probs=False) -> jax.Array:
+def masked_kl(t_logits_or_probs: jax.Array, s_logits: jax.Array, mask: jax.Array | None = None,
+              target_is_probs: bool = False) -> jax.Array:
   """KL(p^T ‖ p^S) with T = 1, `batchmean` over the kept rows only (ISPF paper Eq. 1 and 10).
 
   (1/N_kept) Σ_{b kept} Σ_c p_bc (log p_bc − log p^S_bc); the target is logits (softmaxed here) or, with
@@ -149,7 +155,7 @@ def masked_kl(t_logits_or_probs, s_logits, mask=None, target_is_probs=False) -> 
   return jnp.sum(row * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def retain_entropy(t_logits, forget_mask, mask=None) -> jax.Array:
+def retain_entropy(t_logits: jax.Array, forget_mask: ArrayLike, mask: jax.Array | None = None) -> jax.Array:
   """ISPF paper Eq. 11: H = −Σ_{b kept} Σ_{c∈R} q_bc log q_bc, q_b = softmax over retain logits.
 
   Summed (not averaged) over the N samples taking part in distillation, as the reference's `entropy()`.
@@ -160,7 +166,7 @@ def retain_entropy(t_logits, forget_mask, mask=None) -> jax.Array:
   return jnp.sum(h if mask is None else h * mask.astype(h.dtype))
 
 
-def cosine_lr(lr, eta_min, t_max, t) -> jax.Array:
+def cosine_lr(lr: ArrayLike, eta_min: ArrayLike, t_max: ArrayLike, t: ArrayLike) -> jax.Array:
   """PyTorch `CosineAnnealingLR` closed form: η_min + (η_0 − η_min)(1 + cos(π t / T_max)) / 2.
 
   `t` counts scheduler steps, taken once per post-warm-up epoch (`ChildEden/ISPF UN_datafree_kd.py`;

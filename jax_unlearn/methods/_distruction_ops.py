@@ -1,25 +1,28 @@
 """DiStruction's equations (Dugue 2024): the KL between diagonal Gaussians, its analytic gradients, the
-unlearning objectives U and one BGD forgetting step, as pure functions (the driver is
-`methods.distruction`, which re-exports these)."""
+unlearning objectives U and one BGD forgetting step, as pure functions, and `ForgetBatches`, the only
+data source of the forgetting loop (the driver is `methods.distruction`, which re-exports these)."""
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import hashlib
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jax_unlearn.data.normalize import normalize
-from jax_unlearn.methods._posterior import bgd_tx, forward
+from jax_unlearn.errors import DataError
+from jax_unlearn.methods._posterior import bgd_tx, epoch_order, forward
 from jax_unlearn.models import init_variables
 from jax_unlearn.models.conv import matmul_convs
 from jax_unlearn.optim.bgd import BGDState, bgd_expectations
 
 __all__ = ["kl_diag_gaussians", "kl_grads", "UNLEARNING_OBJECTIVES", "forget_step", "forget_chunk",
-           "make_teacher"]
+           "make_teacher", "ForgetBatches"]
 
 
 def _variables(params, batch_stats):
@@ -29,7 +32,7 @@ def _variables(params, batch_stats):
 # ---------------------------------------------------------------------------------------------------
 # KL between diagonal Gaussians (DiStruction paper §3.2)
 
-def kl_diag_gaussians(mu_q, sigma_q, mu_p, sigma_p) -> jax.Array:
+def kl_diag_gaussians(mu_q: Any, sigma_q: Any, mu_p: Any, sigma_p: Any) -> jax.Array:
   """KL(q‖p) = ½ Σ_i [(μ_p−μ_q)²/σ_p² + σ_q²/σ_p² − 1 + log(σ_p²/σ_q²)], summed over every leaf.
 
   Evaluated as ½ Σ [((μ_p−μ_q)/σ_p)² + u(2+u) − 2 log1p(u)] with u = σ_q/σ_p − 1: the same value, but
@@ -43,7 +46,7 @@ def kl_diag_gaussians(mu_q, sigma_q, mu_p, sigma_p) -> jax.Array:
   return sum(terms, jnp.zeros((), jnp.float32))
 
 
-def kl_grads(mu_q, sigma_q, mu_p, sigma_p):
+def kl_grads(mu_q: Any, sigma_q: Any, mu_p: Any, sigma_p: Any) -> tuple[Any, Any]:
   """(∂KL/∂μ_q, ∂KL/∂σ_q) = ((μ_q−μ_p)/σ_p², σ_q/σ_p² − 1/σ_q): DiStruction paper §3.2 with
   the sign of the mean gradient corrected (the paper prints (μ_p−μ_q)/σ_p², which would push q
   *away* from p)."""
@@ -110,9 +113,11 @@ def _objective_target(objective, apply_fn, teacher, key, x, labels, num_classes)
   return labels
 
 
-def forget_step(q: BGDState, batch_stats, p: BGDState, key, images, labels, lam, teacher, mean,
-                std, *, apply_fn, tx, objective, num_samples, bn_mode, vectorize, num_classes,
-                max_std_ratio=0.0):
+def forget_step(q: BGDState, batch_stats: Any, p: BGDState, key: jax.Array, images: jax.Array,
+                labels: jax.Array, lam: jax.Array, teacher: Any, mean: jax.Array, std: jax.Array, *,
+                apply_fn: Callable[..., Any], tx: optax.GradientTransformationExtraArgs, objective: str,
+                num_samples: int, bn_mode: str, vectorize: str, num_classes: int,
+                max_std_ratio: float = 0.0) -> tuple[BGDState, Any, dict]:
   """One DiStruction iteration (paper §3.2): BGD on (1−λ)E_q[U_sum] plus the analytic λ KL(q‖p).
 
   `max_std_ratio` > 0 caps σ_q at that multiple of σ_p after the step (a stability guard, not in the
@@ -182,3 +187,53 @@ def forget_chunk(apply_fn, mean_eta, std_init, objective, num_samples, bn_mode, 
     return q, batch_stats, m
 
   return jax.jit(chunk)
+
+
+class ForgetBatches:
+  """Minibatches of the forget set, and nothing else.
+
+  Built from the forget split itself (or its `(images, labels)`); every batch it hands out is checked
+  against a fingerprint of each forget sample (and, for class forgetting, against the forget classes),
+  raising DataError on anything else. DiStruction is repair-free: the forgetting loop sees only this."""
+
+  def __init__(self, forget_split, batch_size: int, seed: int, forget_classes: Sequence[int] = ()):
+    x, y = (forget_split.images, forget_split.labels) if hasattr(forget_split, "labels") else forget_split
+    self.images, self.labels = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    n = len(self.labels)
+    if n == 0:
+      raise DataError("DiStruction got an empty forget set; set --config.forget.classes (or "
+                      "num_samples) so that some training samples are forgotten")
+    self.forget_classes = tuple(int(c) for c in forget_classes)
+    if self.forget_classes and not np.isin(self.labels, self.forget_classes).all():
+      bad = sorted(set(self.labels.tolist()) - set(self.forget_classes))
+      raise DataError(f"DiStruction's forget source got labels {bad} outside the forget classes "
+                      f"{self.forget_classes}; pass ctx.data.forget_train, never retain data")
+    self._fingerprints = {self._fingerprint(x) for x in self.images}
+    self.batch_size = min(int(batch_size), n)
+    self.seed = int(seed)
+    self.batches_per_epoch = n // self.batch_size
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  @staticmethod
+  def _fingerprint(x) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(x, np.float32).tobytes(), digest_size=16).digest()
+
+  def check(self, images, labels) -> None:
+    """Raises DataError unless every (image, label) is a forget sample."""
+    labels = np.asarray(labels)
+    if self.forget_classes and not np.isin(labels, self.forget_classes).all():
+      raise DataError("a DiStruction forgetting batch holds a label outside the forget classes; only "
+                      "forget samples may be used")
+    if not all(self._fingerprint(x) in self._fingerprints for x in np.asarray(images)):
+      raise DataError("a DiStruction forgetting batch holds a sample that is not in the forget set; "
+                      "only forget samples may be used")
+
+  def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batch `step` (deterministic: pass `step // batches_per_epoch` reshuffles the forget set)."""
+    epoch, i = divmod(int(step), self.batches_per_epoch)
+    idx = epoch_order(len(self.labels), self.seed, epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+    images, labels = self.images[idx], self.labels[idx]
+    self.check(images, labels)
+    return images, labels

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from typing import Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ class Normalize:
     return normalize(x, self.mean, self.std)
 
 
-def concat_batches(arrays: list[np.ndarray], batch_size: int):
+def concat_batches(arrays: list[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
   """Unshuffled batches over the concatenation of `arrays`, last partial batch kept.
 
   Equivalent to torch `DataLoader(ConcatDataset(...), shuffle=False)`: batches straddle the boundary
@@ -78,7 +78,8 @@ def _fingerprint(variables, splits, extra: str, uses_labels: bool) -> str:
   return h.hexdigest()[:16]
 
 
-def full_importance_cache_path(ctx, name: str, cfg, splits, uses_labels: bool) -> str:
+def full_importance_cache_path(ctx: Any, name: str, cfg: Any, splits: Sequence[Any],
+                               uses_labels: bool) -> str:
   """`<cache_dir>/<name>_full_importance_<mode>_b<batch>_<hash>`: beside the original model
   (`ctx.cache_dir`) unless `cfg.cache_dir` is set; the hash covers the original variables, D in its
   iteration order, the mode and the batch size."""
@@ -102,9 +103,10 @@ def _save_cache(path, imp):
   save_variables(path, jax.device_get(imp), {"kind": "importance"})
 
 
-def compute_importances(ctx, name: str, importance_fn: Callable, uses_labels: bool, cfg=None):
+def compute_importances(ctx: Any, name: str, importance_fn: Callable, uses_labels: bool, cfg: Any = None
+                        ) -> tuple[Any, Any, dict]:
   """(I_D, I_Df, info) for `ctx`, following the SSD reference's data and batch sizes
-  (`if-loops/selective-synaptic-dampening src/forget_*_main.py`, `-b` 64).
+  (`if-loops/selective-synaptic-dampening`: batch 64 by default).
 
   D = retain_train ++ forget_train, unshuffled, batch `cfg.batch_size`; D_f = forget_train, batch
   `cfg.forget_batch_size` (`cfg.random_forget_batch_size` in random forgetting). With

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 import zlib
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -96,9 +96,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def prepare(apply_fn, variables, train_split, info, cfg, key, seed: int = 0,
-            log: Callable[[str], None] = print, ckpt_dir: str | None = None,
-            fingerprint_desc: dict | None = None):
+def prepare(apply_fn: Callable[..., Any], variables: Any, train_split: Any, info: Any, cfg: Any,
+            key: jax.Array, seed: int = 0, log: Callable[[str], None] = print, ckpt_dir: str | None = None,
+            fingerprint_desc: dict | None = None) -> tuple[BGDState, list[dict]]:
   """Learns p = N(μ_p, σ_p²) on `train_split` (the DiStruction paper's preparation). Returns
   (posterior, history).
 
@@ -154,7 +154,7 @@ def _prep_key(seed: int):
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(b"distruction/prepare") & 0x7FFFFFFF)
 
 
-def posterior_description(cfg, seed: int, original) -> dict:
+def posterior_description(cfg: Any, seed: int, original: Any) -> dict:
   """What a prepared posterior depends on (its fingerprint): the original model's variables (whose own
   fingerprint covers the training data it was trained on, the data the preparation reads), the
   preparation settings and the seed. Reading it never touches training data, so forgetting with a
@@ -172,7 +172,8 @@ def save_posterior(directory: str, state: BGDState, meta: dict | None = None) ->
                  meta or {})
 
 
-def load_posterior(directory: str, target_params, with_meta: bool = False):
+def load_posterior(directory: str, target_params: Any, with_meta: bool = False
+                   ) -> BGDState | tuple[BGDState, dict]:
   """Reads a posterior written by `save_posterior` into the structure of `target_params`."""
   target = jax.eval_shape(lambda: {"mean": target_params, "std": target_params})
   tree, meta = load_variables(directory, target, with_meta=True)
@@ -180,7 +181,7 @@ def load_posterior(directory: str, target_params, with_meta: bool = False):
   return (post, meta) if with_meta else post
 
 
-def posterior_dir(ctx, directory: str | None = None) -> str:
+def posterior_dir(ctx: Any, directory: str | None = None) -> str:
   """Where `ensure_prepared` keeps the posterior of `ctx` (see there)."""
   explicit = directory or ctx.cfg.posterior_path
   if explicit:
@@ -189,7 +190,7 @@ def posterior_dir(ctx, directory: str | None = None) -> str:
   return fingerprint.tagged(ctx.cache_dir or ctx.workdir, "distruction_posterior", desc)
 
 
-def ensure_prepared(ctx, directory: str | None = None) -> BGDState:
+def ensure_prepared(ctx: Any, directory: str | None = None) -> BGDState:
   """The prepared posterior p for `ctx.original`: loaded if it was made for this original model, data
   and preparation settings, otherwise prepared on `ctx.data.train` and saved.
 

@@ -114,7 +114,8 @@ def _module(fn) -> str | None:
 
 def register(name: str, *, default_config: Callable | None = None, validate_config: Callable | None = None,
              config_key: str | None = None, order: float = 1000.0, in_default_table: bool = True,
-             data: str = ""):
+             data: str = "") -> Callable[[Callable[[UnlearnContext], UnlearnResult]],
+                                         Callable[[UnlearnContext], UnlearnResult]]:
   """Decorator registering `run(ctx) -> UnlearnResult` under `name` (see the module docstring).
   `config_key` defaults to `name` when the method has a `default_config`."""
   def deco(fn):
@@ -144,7 +145,7 @@ def default_table() -> tuple[str, ...]:
 spec = _REGISTRY.get            # the MethodSpec of `name`; ConfigError naming the choices if unknown
 
 
-def context(name: str, config, **fields) -> UnlearnContext:
+def context(name: str, config: Any, **fields: Any) -> UnlearnContext:
   """An `UnlearnContext` for method `name` from a full (or partial) experiment config: `cfg` is
   `config.<config_key>` merged over the method's defaults (`configdict.merge`); `seed`, `forget_mode`
   and `train_cfg` come from `config.seed`, `config.forget.mode` (else: 'class' when `forget_classes`

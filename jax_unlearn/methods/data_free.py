@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import math
 import time
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -29,6 +30,7 @@ from jax_unlearn.methods import base
 from jax_unlearn.methods.distill import (
   STRATEGIES,
   DistillState,
+  Engine,
   Strategy,
   default_config,
   epoch_diagnostics,
@@ -52,7 +54,7 @@ FORMAT_VERSION = 2
 _NOT_RESULT_FIELDS = ("plots", "checkpoint_every")
 
 
-def validate_config(cfg, problem=None, strategy: Strategy | None = None) -> None:
+def validate_config(cfg: Any, problem: base.Problem | None = None, strategy: Strategy | None = None) -> None:
   """ConfigError (naming `--config.ispf.<field>`) for an invalid `config.ispf`; with a `problem`
   (`methods.base.Problem`) and a `strategy`, also what the forget request and data must allow."""
   def need(ok, field, msg):
@@ -89,7 +91,7 @@ def validate_config(cfg, problem=None, strategy: Strategy | None = None) -> None
                       f"{tuple(problem.info.image_shape)}; use a dataset with such images")
 
 
-def student_model_for(teacher_model, cfg):
+def student_model_for(teacher_model: Any, cfg: Any) -> Any:
   """The student architecture: the teacher's, or the same family at `cfg.student_width`."""
   if not hasattr(teacher_model, "init"):  # a `models.as_model` teacher: no architecture to copy
     raise ConfigError(f"the student cannot copy the teacher's architecture ({teacher_model.name}); pass "
@@ -102,8 +104,8 @@ def student_model_for(teacher_model, cfg):
   return teacher_model.clone(width=float(cfg.student_width))
 
 
-def build(cfg, teacher_model, info, strategy: Strategy, forget_classes, key, *,
-          student_model=None):
+def build(cfg: Any, teacher_model: Any, info: Any, strategy: Strategy, forget_classes: Sequence[int],
+          key: jax.Array, *, student_model: Any = None) -> tuple[Engine, DistillState]:
   """(engine, initial `DistillState`) of one run: the generator of `cfg.generator`, the engine, the
   strategy's knobs for `forget_classes`, and `distill.init_state` from `key` (random student and
   generator). Used by `run_strategy`, `jax_unlearn.sweep` and the bench.

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 import flax.linen as nn
@@ -131,13 +131,11 @@ STRATEGIES = {
 def default_config() -> ml_collections.ConfigDict:
   """`config.ispf`, shared by every data-free method (dfkd, blockf, gkt, is, pf, ispf, pd, pd_is).
 
-  Defaults are the ISPF CIFAR-10 script (`scripts/un_dfq_cifar10_allcnn.sh`, ISPF paper App. C);
-  configs for other settings override them.
+  Defaults: the ISPF CIFAR-10 script (`scripts/un_dfq_cifar10_allcnn.sh`, ISPF paper App. C); configs
+  for other settings override them.
   """
   c = ml_collections.ConfigDict()
-  # 'dfq': CMI's LargeGenerator (`ChildEden/ISPF datafree/models/generator.py`, sigmoid output);
-  # 'zskt': the GKT/ZSKT generator (`ayushkumartarun/zero-shot-unlearning unlearn.py: Generator`).
-  c.generator = "dfq"
+  c.generator = "dfq"        # 'dfq' (ISPF's `datafree/models/generator.py`, sigmoid) | 'zskt' (GKT's)
   c.nz = 256                 # noise dimension (ISPF uses 256 for both DFQ and ZSKT)
   c.ngf = 64                 # generator width
   c.epochs = 200             # distillation epochs, *after* the warm-up (SVHN 100, CIFAR 200)
@@ -153,9 +151,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.t_max = 200              # cosine T_max in epochs; 200 whatever `epochs` is (reference quirk)
   c.eta_min = 2e-4
   # Generator loss weights. DFQ (ISPF script): adv = bn = oh = balance = 1, act = 0.
-  # ZSKT variant (ISPF paper App. H; `zju-vipa/CMI scripts/zskt/*.sh`): adv = 1, bn = oh = balance =
-  # act = 0 (and generator='zskt' for the GKT/ZSKT generator architecture, or 'dfq' for ISPF's own code,
-  # which keeps the LargeGenerator).
+  # ZSKT variant (ISPF paper App. H; CMI's `scripts/zskt/*.sh`): adv = 1, bn = oh = balance = act = 0
+  # (and generator='zskt' for the GKT/ZSKT generator, or 'dfq' for ISPF's code: its LargeGenerator).
   c.bn = 1.0
   c.oh = 1.0
   c.adv = 1.0
@@ -258,7 +255,8 @@ _PREFILTERS = ("none", "blockf", "gkt")
 _TARGETS = ("kl", "postfilter", "pd")
 
 
-def make_engine(teacher_model, student_model, generator, cfg, *, num_classes: int, mean, std) -> Engine:
+def make_engine(teacher_model: Any, student_model: Any, generator: nn.Module, cfg: Any, *, num_classes: int,
+                mean: tuple[float, ...], std: tuple[float, ...]) -> Engine:
   """The static `Engine` from flax modules (or a `models.as_model` teacher) and a `config.ispf` (its loop
   sizes; `bn` / `act` > 0 need a teacher with BN statistics / features: else a ConfigError naming the fix)."""
   caps = {w: supports(teacher_model, c) for w, c in (("bn", "bn_stats"), ("act", "features"))}
@@ -274,7 +272,7 @@ def make_engine(teacher_model, student_model, generator, cfg, *, num_classes: in
       loops_per_epoch=int(cfg.loops_per_epoch))
 
 
-def make_knobs(strategy: Strategy, cfg, *, forget_classes, num_classes: int) -> Knobs:
+def make_knobs(strategy: Strategy, cfg: Any, *, forget_classes: Sequence[int], num_classes: int) -> Knobs:
   """The traced `Knobs` of `strategy` with the hyper-parameters of `cfg` (a `config.ispf`)."""
   fset = set(int(c) for c in forget_classes)
   forget = jnp.asarray([c in fset for c in range(num_classes)], bool)
@@ -303,14 +301,14 @@ def _empty_diag(num_classes: int) -> dict:
   return d
 
 
-def init_state(engine: Engine, knobs: Knobs, key: jax.Array, *, lr_g=1e-3, momentum=0.9,
-               weight_decay=1e-4, student_variables=None, generator_variables=None) -> DistillState:
+def init_state(engine: Engine, knobs: Knobs, key: jax.Array, *, lr_g: float = 1e-3, momentum: float = 0.9,
+               weight_decay: float = 1e-4, student_variables: Any = None,
+               generator_variables: Any = None) -> DistillState:
   """A fresh generator and a *randomly initialised* student (ISPF paper §2), and optimiser states.
 
   `key` is split into (generator init, student init, run key); every step's key is
   `fold_in(fold_in(run_key, loop), phase)`. Pass `student_variables` / `generator_variables` to start
-  from given ones.
-  """
+  from given ones."""
   for i, w, has in ((0, "bn", engine.teacher_bn_stats), (4, "act", engine.teacher_features)):
     if not has and not isinstance(knobs.weights, jax.core.Tracer) and float(knobs.weights[i]):
       what = "BN statistics" if i == 0 else "features"
@@ -352,13 +350,13 @@ def _loop_key(state: DistillState, phase: int) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------
 # Generator phase (ISPF paper Eq. 2 and 7; `ChildEden/ISPF datafree/synthesis/generative_unlearning.py`).
 
-def generator_objective(engine: Engine, knobs: Knobs, g_params, g_batch_stats, s_vars, teacher, z):
+def generator_objective(engine: Engine, knobs: Knobs, g_params: Any, g_batch_stats: Any, s_vars: Any,
+                        teacher: Any, z: jax.Array) -> tuple[jax.Array, tuple[dict, Any, jax.Array]]:
   """L_G = bn·L_BN + oh·L_oh + adv·L_adv(−KL or IS) + balance·L_bal + act·L_act (`generative_unlearning.py`).
 
   Generator BN in train mode (batch statistics, running averages updated); teacher and student in eval
   mode; gradients reach the generator through both networks. Returns (L_G, (parts, new generator
-  batch_stats, teacher logits)).
-  """
+  batch_stats, teacher logits))."""
   x_raw, g_upd = _apply(engine, engine.generator, {"params": g_params, "batch_stats": g_batch_stats},
                               z, train=True, mutable=["batch_stats"])
   x = _to_input(engine, x_raw)
@@ -409,14 +407,14 @@ def _generator_phase(engine: Engine, teacher, state: DistillState) -> DistillSta
 # ----------------------------------------------------------------------------------------------------
 # Student phase (ISPF paper Eq. 1 and 10; `ChildEden/ISPF UN_datafree_kd.py: train`).
 
-def synthetic_batch(engine: Engine, teacher, g_variables, key):
+def synthetic_batch(engine: Engine, teacher: Any, g_variables: Any, key: jax.Array) -> tuple:
   """A student batch: x = Norm(G_eval(z)) (no gradient) and the teacher's eval-mode logits on it."""
   z = sample_z(key, engine.batch_size, engine.nz)
   x = lax.stop_gradient(_to_input(engine, _apply(engine, engine.generator, g_variables, z, train=False)))
   return x, _apply(engine, engine.teacher, teacher, x, train=False)
 
 
-def keep_mask(engine: Engine, knobs: Knobs, t_logits) -> jax.Array:
+def keep_mask(engine: Engine, knobs: Knobs, t_logits: jax.Array) -> jax.Array:
   """Which rows the student may see: all, BlockF or GKT's PreFilter (ISPF paper Eq. 3)."""
   if engine.keep_fn is not None:
     return engine.keep_fn(t_logits)
@@ -425,7 +423,7 @@ def keep_mask(engine: Engine, knobs: Knobs, t_logits) -> jax.Array:
   return options[knobs.prefilter]
 
 
-def target_probs(knobs: Knobs, t_logits) -> jax.Array:
+def target_probs(knobs: Knobs, t_logits: jax.Array) -> jax.Array:
   """The distillation target as probabilities: softmax(z^T), softmax(PostFilter(z^T)) or PD."""
   return lax.switch(knobs.target, [
       lambda t: jax.nn.softmax(t, -1),
@@ -434,14 +432,13 @@ def target_probs(knobs: Knobs, t_logits) -> jax.Array:
   ], t_logits)
 
 
-def student_loss_and_grads(engine: Engine, knobs: Knobs, s_params, s_batch_stats, x, t_logits,
-                           mask=None):
+def student_loss_and_grads(engine: Engine, knobs: Knobs, s_params: Any, s_batch_stats: Any, x: jax.Array,
+                           t_logits: jax.Array, mask: jax.Array | None = None) -> tuple[tuple, Any]:
   """Student forward in train mode and the masked batchmean KL to the teacher target (ISPF paper Eq. 1, 10).
 
   With `mask`, every student BN uses kept rows only (batch statistics and running averages) and the KL
   divides by N_kept: identical to the reference's physically shrunk batch (a jitted step keeps a fixed shape).
-  Returns (loss, (student logits, new batch_stats)), grads.
-  """
+  Returns (loss, (student logits, new batch_stats)), grads."""
   target = target_probs(knobs, lax.stop_gradient(t_logits))
 
   def loss_fn(p):
@@ -519,7 +516,7 @@ def _loop_step(engine: Engine, teacher, state: DistillState) -> DistillState:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def loop_step(engine: Engine, teacher, state: DistillState) -> DistillState:
+def loop_step(engine: Engine, teacher: Any, state: DistillState) -> DistillState:
   """One loop (jitted, `engine` static): `g_steps` generator steps, then `kd_steps` student steps unless
   the epoch is a warm-up epoch. The body of `run_epoch`'s scan."""
   return _loop_step(engine, teacher, state)
@@ -538,7 +535,7 @@ def end_epoch(engine: Engine, state: DistillState) -> DistillState:
   return state.replace(epoch=state.epoch + 1, sched_step=state.sched_step + take.astype(jnp.int32))
 
 
-def epoch(engine: Engine, teacher, state: DistillState) -> DistillState:
+def epoch(engine: Engine, teacher: Any, state: DistillState) -> DistillState:
   """One epoch, un-jitted (`run_epoch` is its jit; `jax_unlearn.sweep` vmaps it over runs)."""
   state = begin_epoch(engine, state)
   state, _ = lax.scan(lambda s, _: (_loop_step(engine, teacher, s), None), state, None,
@@ -547,7 +544,7 @@ def epoch(engine: Engine, teacher, state: DistillState) -> DistillState:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def run_epoch(engine: Engine, teacher, state: DistillState) -> DistillState:
+def run_epoch(engine: Engine, teacher: Any, state: DistillState) -> DistillState:
   """One epoch as a single jitted `lax.scan` of `loop_step` over `loops_per_epoch` loops, between
   `begin_epoch` and `end_epoch`; read `epoch_diagnostics(engine, state)` afterwards."""
   return epoch(engine, teacher, state)
@@ -593,7 +590,7 @@ def epoch_diagnostics(engine: Engine, state: DistillState) -> dict:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def sample_images(engine: Engine, state: DistillState, key, n: int):
+def sample_images(engine: Engine, state: DistillState, key: jax.Array, n: int) -> jax.Array:
   """`n` eval-mode generator samples as displayable [0,1] images (ZSKT outputs are de-normalised)."""
   x = engine.generator.apply({"params": state.g_params, "batch_stats": state.g_batch_stats},
                              sample_z(key, n, engine.nz), train=False)

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +75,7 @@ from jax_unlearn.errors import ConfigError, DataError, NumericalError
 from jax_unlearn.methods import base
 from jax_unlearn.methods._distruction_ops import (
   UNLEARNING_OBJECTIVES,
+  ForgetBatches,
   forget_chunk,
   forget_step,
   kl_diag_gaussians,
@@ -84,7 +85,6 @@ from jax_unlearn.methods._distruction_ops import (
 from jax_unlearn.methods._posterior import (
   PREP_FIELDS,
   ensure_prepared,
-  epoch_order,
   load_posterior,
   posterior_description,
   posterior_dir,
@@ -162,7 +162,7 @@ def default_config() -> ml_collections.ConfigDict:
       prep_checkpoint_every=1, matmul_convs=True))
 
 
-def lam_values(x) -> list[float]:
+def lam_values(x: Any) -> list[float]:
   """λ list from a tuple/list of numbers or strings, or a comma-separated string
   (`--config.distruction.lam_sweep=0.1,0.3` may arrive as either)."""
   if isinstance(x, str):
@@ -173,7 +173,7 @@ def lam_values(x) -> list[float]:
   return out
 
 
-def validate_config(cfg, problem: base.Problem | None = None) -> None:
+def validate_config(cfg: Any, problem: base.Problem | None = None) -> None:
   """Raises ConfigError naming the field and the fix."""
   def check(cond, msg):
     if not cond:
@@ -213,56 +213,6 @@ def _variables(params, batch_stats):
 # ---------------------------------------------------------------------------------------------------
 # Forgetting (DiStruction paper §3.2)
 
-class ForgetBatches:
-  """Minibatches of the forget set, and nothing else.
-
-  Built from the forget split itself (or its `(images, labels)`); every batch it hands out is checked
-  against a fingerprint of each forget sample (and, for class forgetting, against the forget classes),
-  raising DataError on anything else. DiStruction is repair-free: the forgetting loop sees only this."""
-
-  def __init__(self, forget_split, batch_size: int, seed: int, forget_classes: Sequence[int] = ()):
-    x, y = (forget_split.images, forget_split.labels) if hasattr(forget_split, "labels") else forget_split
-    self.images, self.labels = np.asarray(x, np.float32), np.asarray(y, np.int32)
-    n = len(self.labels)
-    if n == 0:
-      raise DataError("DiStruction got an empty forget set; set --config.forget.classes (or "
-                      "num_samples) so that some training samples are forgotten")
-    self.forget_classes = tuple(int(c) for c in forget_classes)
-    if self.forget_classes and not np.isin(self.labels, self.forget_classes).all():
-      bad = sorted(set(self.labels.tolist()) - set(self.forget_classes))
-      raise DataError(f"DiStruction's forget source got labels {bad} outside the forget classes "
-                      f"{self.forget_classes}; pass ctx.data.forget_train, never retain data")
-    self._fingerprints = {self._fingerprint(x) for x in self.images}
-    self.batch_size = min(int(batch_size), n)
-    self.seed = int(seed)
-    self.batches_per_epoch = n // self.batch_size
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  @staticmethod
-  def _fingerprint(x) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(x, np.float32).tobytes(), digest_size=16).digest()
-
-  def check(self, images, labels) -> None:
-    """Raises DataError unless every (image, label) is a forget sample."""
-    labels = np.asarray(labels)
-    if self.forget_classes and not np.isin(labels, self.forget_classes).all():
-      raise DataError("a DiStruction forgetting batch holds a label outside the forget classes; only "
-                      "forget samples may be used")
-    if not all(self._fingerprint(x) in self._fingerprints for x in np.asarray(images)):
-      raise DataError("a DiStruction forgetting batch holds a sample that is not in the forget set; "
-                      "only forget samples may be used")
-
-  def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """Batch `step` (deterministic: pass `step // batches_per_epoch` reshuffles the forget set)."""
-    epoch, i = divmod(int(step), self.batches_per_epoch)
-    idx = epoch_order(len(self.labels), self.seed, epoch)[i * self.batch_size:(i + 1) * self.batch_size]
-    images, labels = self.images[idx], self.labels[idx]
-    self.check(images, labels)
-    return images, labels
-
-
 _HIST_KEYS = ("objective", "batch_acc", "std_ratio_mean", "std_ratio_max")
 # Forgetting fields that change the result: part of the checkpoint's fingerprint.
 _FORGET_FIELDS = ("mean_eta", "std_init", "objective", "mc_iters", "bn_mode", "vectorize",
@@ -300,10 +250,11 @@ def selection_key(acc_forget: float, acc_retain: float, lam: float, step: int,
   return _selection_key(acc_forget, acc_retain, max_forget_acc, closest, tiebreak=(float(lam), int(step)))
 
 
-def forget(apply_fn, variables, posterior: BGDState, source: ForgetBatches, info, cfg, key,
-           lams: Sequence[float] | None = None, teacher=None, num_classes: int | None = None,
-           log: Callable[[str], None] = print, raise_on_nonfinite: bool = True,
-           ckpt_dir: str | None = None, evaluate: Callable | None = None):
+def forget(apply_fn: Callable[..., Any], variables: Any, posterior: BGDState, source: ForgetBatches,
+           info: Any, cfg: Any, key: jax.Array, lams: Sequence[float] | None = None, teacher: Any = None,
+           num_classes: int | None = None, log: Callable[[str], None] = print,
+           raise_on_nonfinite: bool = True, ckpt_dir: str | None = None,
+           evaluate: Callable | None = None) -> tuple[BGDState, Any, dict]:
   """Runs `cfg.forget_steps` DiStruction iterations from q = p for every λ in `lams` at once (vmap).
 
   The iterations run as `lax.scan`ned chunks of `cfg.checkpoint_every` steps (0: one scan over all
@@ -456,12 +407,12 @@ def finite_mask(qs: BGDState) -> np.ndarray:
   return np.logical_and.reduce(per_leaf)
 
 
-def take(tree, i: int):
+def take(tree: Any, i: int) -> Any:
   """Leaf-wise `x[i]`: one λ's posterior (or batch statistics) out of `forget`'s stacked result."""
   return None if tree is None else jax.tree.map(lambda x: x[i], tree)
 
 
-def unlearned_variables(q: BGDState, batch_stats) -> dict:
+def unlearned_variables(q: BGDState, batch_stats: Any) -> dict:
   """Inference variables of q: its mean μ_q and the kept BN statistics.
 
   MAP inference: the paper recovers the original model "by taking the mean" (§3.1).
@@ -506,7 +457,7 @@ class Validator:
     return f, r
 
 
-def retain_subset(split, n: int, seed: int):
+def retain_subset(split: Any, n: int, seed: int) -> Any:
   """`split` itself if `n` is 0 or >= its size, else `n` of its samples drawn without replacement by
   `numpy.random.default_rng(seed)` (kept in their original order): the retain-val images a
   `select_retain_samples` > 0 selection measures."""
@@ -515,8 +466,9 @@ def retain_subset(split, n: int, seed: int):
   return split.subset(np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False)))
 
 
-def lambda_sweep(model, variables, posterior, source, val_forget, val_retain, info, cfg, key, lams,
-                 teacher=None, log: Callable[[str], None] = print, ckpt_dir: str | None = None,
+def lambda_sweep(model: Any, variables: Any, posterior: BGDState, source: ForgetBatches, val_forget: Any,
+                 val_retain: Any, info: Any, cfg: Any, key: jax.Array, lams: Sequence[float],
+                 teacher: Any = None, log: Callable[[str], None] = print, ckpt_dir: str | None = None,
                  closest: tuple[float, float] | None = None) -> dict:
   """Chooses λ (and, with `cfg.select_every` > 0, the number of iterations) on validation data
   (the paper gives neither): runs `forget` for all `lams` at once and measures each μ_q on

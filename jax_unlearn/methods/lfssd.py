@@ -45,8 +45,8 @@ def default_config() -> ml_collections.ConfigDict:
 output_norm_sq = ssd.output_norm_sq  # re-exported: LFSSD's per-example loss
 
 
-def lfssd_importance(apply_fn: Callable, variables, batches: Iterable[dict], mode: str = "reference", *,
-                     preprocess: Callable | None = None, per_sample_chunk: int = 16):
+def lfssd_importance(apply_fn: Callable, variables: Any, batches: Iterable[dict], mode: str = "reference", *,
+                     preprocess: Callable | None = None, per_sample_chunk: int = 16) -> Any:
   """LFSSD importance of every entry of `variables['params']` (BN scale/bias included), the README snippet.
 
   Args:

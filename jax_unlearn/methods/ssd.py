@@ -35,7 +35,7 @@ import functools
 import importlib
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------------------------------
 # Losses (per example). `labels` is None for label-free losses and must not be touched by them.
 
-def cross_entropy(logits, labels):
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example softmax cross-entropy: the loss whose gradient's square is SSD's Fisher diagonal."""
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
@@ -120,7 +120,7 @@ def _identity(x):
 _REDUCE = {"square": jnp.square, "abs": jnp.abs}
 
 
-def output_norm_sq(logits, labels=None):
+def output_norm_sq(logits: jax.Array, labels: jax.Array | None = None) -> jax.Array:
   """Per-example ||f(x)||_2^2 of the logits; `labels` is ignored (LFSSD is label-free)."""
   del labels
   return jnp.sum(jnp.square(logits.astype(jnp.float32)), axis=-1)
@@ -255,9 +255,9 @@ def _check_mode(mode):
                       f"{', '.join(MODES)}")
 
 
-def accumulate_importance(apply_fn: Callable, variables, batches: Iterable[dict], *, loss_fn: Callable,
+def accumulate_importance(apply_fn: Callable, variables: Any, batches: Iterable[dict], *, loss_fn: Callable,
                           reduce: str, uses_labels: bool, mode: str = "reference",
-                          preprocess: Callable | None = None, per_sample_chunk: int = 16):
+                          preprocess: Callable | None = None, per_sample_chunk: int = 16) -> Any:
   """Importance of every entry of `variables['params']` for the data in `batches` (`calc_importance`).
 
   Args:
@@ -313,8 +313,8 @@ def accumulate_importance(apply_fn: Callable, variables, batches: Iterable[dict]
   return jax.tree.map(lambda a: a / denom, acc)
 
 
-def ssd_importance(apply_fn: Callable, variables, batches: Iterable[dict], mode: str = "reference", *,
-                   preprocess: Callable | None = None, per_sample_chunk: int = 16):
+def ssd_importance(apply_fn: Callable, variables: Any, batches: Iterable[dict], mode: str = "reference", *,
+                   preprocess: Callable | None = None, per_sample_chunk: int = 16) -> Any:
   """SSD importance: diagonal Fisher from cross-entropy with labels (`calc_importance`).
 
   'reference': I = (1/n_B) sum_B (grad_theta (1/|B|) sum_{i in B} CE(f(x_i), y_i))^2.
@@ -330,7 +330,8 @@ def ssd_importance(apply_fn: Callable, variables, batches: Iterable[dict], mode:
 # Dampening.
 
 @jax.jit
-def dampen(params, imp_full, imp_forget, alpha, lam):
+def dampen(params: Any, imp_full: Any, imp_forget: Any, alpha: float | jax.Array, lam: float | jax.Array
+           ) -> Any:
   """Selective dampening (the reference's `modify_weight` with exponent 1 and the cap at 1).
 
   For every element: if I_Df > alpha * I_D then theta <- theta * min(lam * I_D / I_Df, 1), else theta is
@@ -349,7 +350,7 @@ def _selection_counts(imp_full, imp_forget, alpha):
   return jax.tree.map(lambda i_d, i_f: jnp.sum(i_f > alpha * i_d), imp_full, imp_forget)
 
 
-def selection_stats(imp_full, imp_forget, alpha) -> dict:
+def selection_stats(imp_full: Any, imp_forget: Any, alpha: float) -> dict:
   """How many parameters `dampen` modifies at `alpha`: total, fraction, and in normalisation layers."""
   counts = _selection_counts(imp_full, imp_forget, alpha)
   flat, _ = jax.tree_util.tree_flatten_with_path(counts)
@@ -361,7 +362,7 @@ def selection_stats(imp_full, imp_forget, alpha) -> dict:
           "n_selected_norm": n_norm}
 
 
-def validate_config(cfg, problem: base.Problem | None = None, name: str = "ssd") -> None:
+def validate_config(cfg: Any, problem: base.Problem | None = None, name: str = "ssd") -> None:
   """ConfigError naming `--config.<name>.<field>` for invalid SSD/LFSSD settings."""
   del problem
   _check_mode(cfg.mode)
@@ -388,12 +389,13 @@ def validate_config(cfg, problem: base.Problem | None = None, name: str = "ssd")
     raise ConfigError(f"--config.{name}.lam must be > 0, got {cfg.lam}; the paper uses lam = 1")
 
 
-def is_auto(cfg) -> bool:
+def is_auto(cfg: Any) -> bool:
   """Whether `cfg.alpha` asks for the validation-split choice."""
   return isinstance(cfg.alpha, str) and cfg.alpha == AUTO
 
 
-def run_dampening(ctx, name: str, importance_fn: Callable, uses_labels: bool) -> base.UnlearnResult:
+def run_dampening(ctx: base.UnlearnContext, name: str, importance_fn: Callable, uses_labels: bool
+                  ) -> base.UnlearnResult:
   """Shared `run` of SSD and LFSSD: importances on D and D_f, then `dampen` with config alpha/lam."""
   cfg = ctx.cfg
   t0 = time.perf_counter()
@@ -500,7 +502,8 @@ def unlearn(model: Any, variables: Any, full: Any, forget: Any, config: Any = No
 IMPORTANCES: dict[str, tuple[Callable, bool]] = {"ssd": (ssd_importance, True)}
 
 
-def sweep_alpha(ctx, method: str, imp_full, imp_forget, alphas, lam: float, *,
+def sweep_alpha(ctx: base.UnlearnContext, method: str, imp_full: Any, imp_forget: Any,
+                alphas: Sequence[float], lam: float, *,
                 target_forget_acc: float | None = None, criterion: str | None = None) -> dict:
   """`select_alpha`'s sweep on importances already computed: dampen at each alpha, measure the
   validation accuracies, choose by `criterion` (see `select_alpha`). Never reads the test split."""
@@ -544,10 +547,10 @@ def sweep_alpha(ctx, method: str, imp_full, imp_forget, alphas, lam: float, *,
   return result
 
 
-def select_alpha(ctx, alphas, method: str = "ssd", *, importance_fn: Callable | None = None,
-                 uses_labels: bool | None = None, lam: float | None = None,
-                 target_forget_acc: float | None = None, criterion: str | None = None,
-                 write: bool = True) -> dict:
+def select_alpha(ctx: base.UnlearnContext, alphas: Sequence[float], method: str = "ssd", *,
+                 importance_fn: Callable | None = None, uses_labels: bool | None = None,
+                 lam: float | None = None, target_forget_acc: float | None = None,
+                 criterion: str | None = None, write: bool = True) -> dict:
   """Sweeps alpha for SSD/LFSSD (importances computed once) and picks it on the VALIDATION split.
 
   For each alpha: dampen, then measure accuracy on forget_val and retain_val (never test). In random

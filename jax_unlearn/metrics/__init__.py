@@ -9,8 +9,26 @@
 * `ain` (ain.py): GKT relearn-steps ratio
 * `kl` (kl.py): mean KL(p_unlearned || p_retrain) on forget test images
 
+and the population audits, functions of score arrays: `lira` (LiRA), `ulira` (U-LiRA) and
+`forget_quality` (the NeurIPS'23 unlearning challenge's forgetting score).
+
+Every metric module is also its metric, as a function of one model (the audits: of score arrays).
+Calling the module calls its namesake function, and the module's other functions stay attributes::
+
+    metrics.accuracy(model, variables, data)                  # {'acc_forget', 'acc_retain'}
+    metrics.mia_i(model, variables, data)                     # = metrics.mia_i.mia_i(...)
+    metrics.mia_entropy(model, variables, data)
+    metrics.kl(model, variables, data, retrain_vars=retrain)
+    metrics.ain(model, variables, data, original_vars=original, retrain_vars=retrain)
+    metrics.mia_ii(model, variables, data, attack=attack)     # attack = metrics.mia_ii.fit_attack(...)
+    metrics.lira(scores, keep)                                # AUC, TPR at low FPR, ...
+    metrics.mia_i.mia_i_from_logits(...)                      # the array-level functions
+
+(`data` is an `UnlearnData`, `jax_unlearn.data.make_unlearn_data`.) `from jax_unlearn.metrics import
+kl` gives the same callable module, and `import jax_unlearn.metrics.kl` works as for any module.
+
 `MetricSuite` is built once per (dataset, forget set, original, retrain) and evaluates any number of
-models with one forward pass per data pool::
+models with one forward pass per data pool, sharing the shadow models and Retrain's relearn count::
 
     suite = metrics.MetricSuite(model, data, original_vars=orig, retrain_vars=retrain, config=config)
     row = suite(unlearned_vars)   # {'acc_forget', 'acc_retain', 'mia_i', 'mia_ii', 'mia_entropy',
@@ -19,7 +37,10 @@ models with one forward pass per data pool::
 Importing this package (or one metric module) is cheap: scikit-learn is imported only when an attack
 is fitted, and the registry is filled on first use.
 """
+from __future__ import annotations
+
 import importlib
+from typing import TYPE_CHECKING, Any, Callable
 
 from jax_unlearn.metrics.base import (  # noqa: F401
   Evaluator,
@@ -37,13 +58,17 @@ from jax_unlearn.metrics.base import (  # noqa: F401
   specs,
 )
 
+if TYPE_CHECKING:
+  from jax_unlearn.data import UnlearnData
+
 __all__ = ["Evaluator", "MetricSpec", "MetricSuite", "Outputs", "columns", "default_config",
            "default_names", "names", "register", "resolve_config", "result_keys", "spec", "specs",
            "evaluate_all", "RESULT_KEYS", "METRIC_NAMES"]
 
 
-def evaluate_all(model, variables, *, data, original_vars, retrain_vars=None, config=None,
-                 suite: MetricSuite | None = None, log=print, **evaluator_kwargs) -> dict:
+def evaluate_all(model: Any, variables: Any, *, data: UnlearnData, original_vars: Any,
+                 retrain_vars: Any = None, config: Any = None, suite: MetricSuite | None = None,
+                 log: Callable[[str], None] = print, **evaluator_kwargs: Any) -> dict:
   """Every configured metric of one model. Pass a `suite` (or build one with `MetricSuite`) to reuse
   the shadow models, attack and Retrain's relearn count across models."""
   if suite is None:
@@ -65,10 +90,12 @@ _FUNCTIONS = {
                "mia_ii_f1_from_logits", "mia_ii_pools", "ShadowModels", "Attack"),
 }
 _WHERE = {f: m for m, fs in _FUNCTIONS.items() for f in fs}
-__all__ += sorted(_WHERE)
+# The metric modules, each callable as its namesake function (`_callable.make_callable`).
+MODULES = ("accuracy", "mia_i", "mia_ii", "mia_entropy", "ain", "kl", "lira", "ulira", "forget_quality")
+__all__ += ["MODULES", *MODULES, *sorted(_WHERE)]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
   # Registry-derived constants, computed on first access (discovery imports every metric module).
   if name == "RESULT_KEYS":
     return result_keys()
@@ -76,6 +103,6 @@ def __getattr__(name):
     return names()
   if name in _WHERE:
     return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-  if name in _FUNCTIONS:
+  if name in MODULES:
     return importlib.import_module(f"{__name__}.{name}")
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

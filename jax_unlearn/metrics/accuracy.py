@@ -15,16 +15,23 @@ Inference is batched and jitted (`train.evaluate.predict_logits`, eval-mode Batc
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from numpy.typing import ArrayLike
+
+from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.train.evaluate import predict_logits
 
-__all__ = ["masked_accuracy", "forget_eval_split", "accuracy_from_logits", "forget_retain_accuracy",
-           "Accuracy"]
+if TYPE_CHECKING:
+  from jax_unlearn.data import Split, UnlearnData
+
+__all__ = ["accuracy", "masked_accuracy", "forget_eval_split", "accuracy_from_logits",
+           "forget_retain_accuracy", "Accuracy"]
 
 
-def masked_accuracy(logits, labels, mask=None) -> float:
+def masked_accuracy(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> float:
   """Top-1 accuracy in percent over rows where `mask` is True (all rows if None); NaN if none."""
   logits, labels = np.asarray(logits), np.asarray(labels)
   correct = logits.argmax(-1) == labels
@@ -33,14 +40,15 @@ def masked_accuracy(logits, labels, mask=None) -> float:
   return float(100.0 * correct.mean()) if correct.size else float("nan")
 
 
-def forget_eval_split(data):
+def forget_eval_split(data: UnlearnData) -> Split:
   """The images `acc_forget` (and `kl_to_retrain`) are measured on: forget_test, or forget_train when
   the test split has no forget images (random-sample forgetting)."""
   return data.forget_test if np.any(data.forget_test_mask) else data.forget_train
 
 
-def accuracy_from_logits(test_logits, test_labels, forget_test_mask, forget_train_logits=None,
-                         forget_train_labels=None) -> dict:
+def accuracy_from_logits(test_logits: ArrayLike, test_labels: ArrayLike, forget_test_mask: ArrayLike,
+                         forget_train_logits: ArrayLike | None = None,
+                         forget_train_labels: ArrayLike | None = None) -> dict[str, float]:
   """The metric from precomputed logits (the `MetricSuite` shares one forward pass between metrics)."""
   forget_test_mask = np.asarray(forget_test_mask, bool)
   if forget_test_mask.any() or forget_train_logits is None:
@@ -51,7 +59,8 @@ def accuracy_from_logits(test_logits, test_labels, forget_test_mask, forget_trai
           "acc_retain": masked_accuracy(test_logits, test_labels, ~forget_test_mask)}
 
 
-def forget_retain_accuracy(model, variables, data, batch_size: int = 512) -> dict:
+def forget_retain_accuracy(model: Any, variables: Any, data: UnlearnData, batch_size: int = 512
+                           ) -> dict[str, float]:
   """{'acc_forget', 'acc_retain'} in percent for `model` with `variables` on `data` (an UnlearnData).
 
   One batched forward pass over the test split; in random-sample forgetting a second one over the
@@ -67,6 +76,17 @@ def forget_retain_accuracy(model, variables, data, batch_size: int = 512) -> dic
                               ft_labels)
 
 
+def accuracy(model: Any, variables: Any, data: UnlearnData, *, batch_size: int = 512) -> dict[str, float]:
+  """The `acc` metric of one model: {'acc_forget', 'acc_retain'} in percent (module docstring).
+
+  `model` is any classifier `models.as_model` accepts (our own need no conversion), `variables` its
+  variables, `data` an `UnlearnData` (`data.make_unlearn_data`). Same as `forget_retain_accuracy`; the
+  `MetricSuite` gives the same numbers from its shared forward passes. `metrics.accuracy(...)` (the
+  module) calls this function.
+  """
+  return forget_retain_accuracy(model, variables, data, batch_size)
+
+
 @register("acc", columns=(("acc_forget", "Acc D_f test (%)", "{:.2f}"),
                           ("acc_retain", "Acc D_r test (%)", "{:.2f}")), order=10)
 class Accuracy(Evaluator):
@@ -77,3 +97,6 @@ class Accuracy(Evaluator):
     forget_y = np.asarray(d.train.labels)[self.suite.forget_idx]
     return accuracy_from_logits(out.logits("test"), np.asarray(d.test.labels), d.forget_test_mask,
                                 out.logits("forget_train"), forget_y)
+
+
+make_callable(__name__)

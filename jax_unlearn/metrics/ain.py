@@ -35,31 +35,38 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from numpy.typing import ArrayLike
 
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError, DataError
+from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.accuracy import masked_accuracy
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.models.conv import loop_safe_convs
+from jax_unlearn.train.evaluate import predict_logits
 from jax_unlearn.train.loop import run_chunks
 from jax_unlearn.train.steps import loss_and_grads
 
-__all__ = ["RelearnResult", "ain_eval_split", "relearn_set_index", "relearn_schedule", "pad_to_batches",
-           "relearn_loop", "relearn", "relearn_steps", "ain_target", "anamnesis_index", "AIN",
-           "default_config", "validate_config"]
+if TYPE_CHECKING:
+  from jax_unlearn.data import DataInfo, Split, UnlearnData
+
+__all__ = ["ain", "RelearnResult", "ain_eval_split", "relearn_set_index", "relearn_schedule",
+           "pad_to_batches", "relearn_loop", "relearn", "relearn_steps", "ain_target", "anamnesis_index",
+           "AIN", "default_config", "validate_config"]
 
 STREAM_RELEARN_SET = 21
 STREAM_RELEARN_ORDER = 22
 
 
 class RelearnResult(NamedTuple):
+  """What `relearn` measured on one model."""
   steps: int          # optimiser steps until forget accuracy >= target (or the cap)
   reached: bool       # False: capped, `steps` is a lower bound
   initial_acc: float  # forget accuracy (percent) before relearning
@@ -73,12 +80,12 @@ def _arrays(split):
   return np.asarray(split.images, np.float32), np.asarray(split.labels, np.int32)
 
 
-def ain_eval_split(data):
+def ain_eval_split(data: UnlearnData) -> Split:
   """Forget validation view; the forgotten training samples when it is empty (random forgetting)."""
   return data.forget_val if np.any(data.forget_val_mask) else data.forget_train
 
 
-def relearn_set_index(data, retain_ratio: float = 1.0, seed: int = 0) -> np.ndarray:
+def relearn_set_index(data: UnlearnData, retain_ratio: float = 1.0, seed: int = 0) -> np.ndarray:
   """Indices into `data.train`: every forget training image + round(retain_ratio x |forget|) random
   retain training images (seeded), sorted."""
   mask = np.asarray(data.forget_train_mask, bool)
@@ -91,7 +98,8 @@ def relearn_set_index(data, retain_ratio: float = 1.0, seed: int = 0) -> np.ndar
   return np.sort(np.concatenate([forget, retain[pick]]))
 
 
-def relearn_schedule(n: int, batch_size: int, max_epochs: int, seed: int = 0):
+def relearn_schedule(n: int, batch_size: int, max_epochs: int, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
   """Batch indices `[T, B]` (int32) and validity mask `[T, B]` for `max_epochs` seeded shuffles of
   range(n), B = min(batch_size, n), T = max_epochs * ceil(n / B); the last batch of an epoch is padded."""
   b = min(int(batch_size), n)
@@ -104,7 +112,8 @@ def relearn_schedule(n: int, batch_size: int, max_epochs: int, seed: int = 0):
   return idx.reshape(-1, b), mask.reshape(-1, b)
 
 
-def pad_to_batches(images, labels, batch_size: int):
+def pad_to_batches(images: np.ndarray, labels: np.ndarray, batch_size: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """[N, ...] -> ([nb, b, ...], [nb, b], mask [nb, b]) with b = min(batch_size, N), zero padding."""
   n = len(images)
   b = max(1, min(int(batch_size), n))
@@ -131,8 +140,9 @@ def _eval_acc(apply_fn, params, bstats, eval_x, eval_y, eval_m, mean, std):
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn",))
-def relearn_loop(apply_fn, carry, lr, images, labels, idx, bmask, eval_x, eval_y, eval_m, mean, std,
-                 target):
+def relearn_loop(apply_fn: Callable[..., Any], carry: tuple, lr: ArrayLike, images: jax.Array,
+                 labels: jax.Array, idx: jax.Array, bmask: jax.Array, eval_x: jax.Array, eval_y: jax.Array,
+                 eval_m: jax.Array, mean: jax.Array, std: jax.Array, target: ArrayLike) -> tuple:
   """Relearns with Adam from `carry` = (t, params, batch_stats, opt_state, acc) until eval accuracy
   (percent) >= `target` or the batch schedule `idx`/`bmask` [T, B] runs out; returns the new carry.
 
@@ -160,7 +170,8 @@ def relearn_loop(apply_fn, carry, lr, images, labels, idx, bmask, eval_x, eval_y
   return lax.while_loop(cond, body, carry)
 
 
-def relearn(model, variables, relearn_split, eval_split, target_acc: float, *, info, lr: float = 1e-3,
+def relearn(model: Any, variables: Any, relearn_split: Any, eval_split: Any, target_acc: float, *,
+            info: DataInfo, lr: float = 1e-3,
             batch_size: int = 256, max_epochs: int = 10, seed: int = 0,
             eval_batch_size: int = 512) -> RelearnResult:
   """Runs the relearning protocol (module docstring) on one model; see `relearn_steps`.
@@ -199,7 +210,8 @@ def relearn(model, variables, relearn_split, eval_split, target_acc: float, *, i
                        initial_acc=float(acc0), final_acc=acc, max_steps=int(idx.shape[0]))
 
 
-def relearn_steps(model, variables, relearn_split, eval_split, target_acc: float, *, info,
+def relearn_steps(model: Any, variables: Any, relearn_split: Any, eval_split: Any, target_acc: float, *,
+                  info: DataInfo,
                   lr: float = 1e-3, batch_size: int = 256, max_epochs: int = 10, seed: int = 0,
                   eval_batch_size: int = 512) -> int:
   """r(model): Adam steps until forget-class accuracy on `eval_split` >= `target_acc` (percent).
@@ -216,13 +228,36 @@ def ain_target(original_forget_acc: float, alpha: float = 0.05) -> float:
   return (1.0 - alpha) * float(original_forget_acc)
 
 
-def anamnesis_index(r_unlearned, r_retrain) -> float:
+def anamnesis_index(r_unlearned: float, r_retrain: float) -> float:
   """AIN = r_unlearned / r_retrain. Both 0 (both already at the target) gives 1; r_retrain = 0 with
   r_unlearned > 0 has no finite ratio and gives NaN (Retrain already remembers: the target is too low)."""
   r_unlearned, r_retrain = float(r_unlearned), float(r_retrain)
   if r_retrain == 0:
     return 1.0 if r_unlearned == 0 else float("nan")
   return r_unlearned / r_retrain
+
+
+def ain(model: Any, variables: Any, data: UnlearnData, *, original_vars: Any, retrain_vars: Any,
+        alpha: float = 0.05, lr: float = 1e-3, batch_size: int = 256, max_epochs: int = 10,
+        retain_ratio: float = 1.0, seed: int = 0, eval_batch_size: int = 512) -> float:
+  """The `ain` metric of one model: AIN = r(model) / r(Retrain) (module docstring).
+
+  The target is (1 - alpha) x the accuracy of `original_vars` on `ain_eval_split(data)`; the model and
+  Retrain (`retrain_vars`, same `model`) relearn on the same `relearn_set_index(data, retain_ratio,
+  seed)` in the same batch order. The defaults are GKT's (the `ain_*` fields of `config.metrics`); the
+  `MetricSuite` gives the same number with `seed=suite.seed` (`config.seed` + `config.metrics.seed_offset`).
+  `metrics.ain(...)` (the module) calls this function.
+  """
+  ev = ain_eval_split(data)
+  original_acc = masked_accuracy(predict_logits(model, original_vars, ev.images, data.info, eval_batch_size),
+                                 ev.labels)
+  target = ain_target(original_acc, alpha)
+  idx = relearn_set_index(data, retain_ratio, seed)
+  relearn_split = (np.asarray(data.train.images)[idx], np.asarray(data.train.labels)[idx])
+  r_model, r_retrain = (relearn_steps(model, v, relearn_split, ev, target, info=data.info, lr=lr,
+                                      batch_size=batch_size, max_epochs=max_epochs, seed=seed,
+                                      eval_batch_size=eval_batch_size) for v in (variables, retrain_vars))
+  return anamnesis_index(r_model, r_retrain)
 
 
 def default_config() -> dict:
@@ -235,7 +270,8 @@ def default_config() -> dict:
       ain_retain_ratio=1.0)      # retain-train images per forget-train image in the relearn set
 
 
-def validate_config(cfg, problem=None) -> None:
+def validate_config(cfg: Any, problem: Any = None) -> None:
+  """Raises ConfigError for an AIN field of `config.metrics` out of range."""
   del problem
   if not 0.0 <= cfg.ain_alpha < 1.0:
     raise ConfigError(f"config.metrics.ain_alpha must be in [0, 1), got {cfg.ain_alpha}; the GKT "
@@ -301,3 +337,6 @@ class AIN(Evaluator):
       out["relearn_steps_retrain"] = self._relearn_retrain.steps
       out["relearn_max_steps"] = self._relearn_retrain.max_steps
     return out
+
+
+make_callable(__name__)

@@ -66,7 +66,7 @@ def register(name: str, *, columns: tuple[Column, ...], extra_keys: tuple[str, .
              default_config: Callable[[], dict] | None = None,
              validate_config: Callable[[Any, Any], None] | None = None,
              resolve: Callable[[Any, Any], None] | None = None, order: float = 1000.0,
-             needs_retrain: bool = False, in_default: bool = True):
+             needs_retrain: bool = False, in_default: bool = True) -> Callable[[type], type]:
   """Class decorator registering an `Evaluator` subclass under `name` (see the module docstring)."""
   def deco(cls):
     keys = tuple(c[0] for c in columns) + tuple(extra_keys)
@@ -86,14 +86,16 @@ spec = _REGISTRY.get            # the MetricSpec of `name`; ConfigError naming t
 
 
 def names() -> tuple[str, ...]:
+  """Every registered metric name, in table order."""
   return tuple(_REGISTRY.names())
 
 
 def default_names() -> tuple[str, ...]:
+  """The default `config.metrics.names`: every registered metric marked `in_default`, in order."""
   return tuple(s.name for s in specs() if s.in_default)
 
 
-def columns(metric_names=None) -> tuple[Column, ...]:
+def columns(metric_names: Any = None) -> tuple[Column, ...]:
   """The table columns of `metric_names` (default: every registered metric), in table order."""
   chosen = [s for s in specs() if metric_names is None or s.name in metric_names]
   return tuple(c for s in chosen for c in s.columns)
@@ -126,13 +128,13 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def parse_names(names) -> tuple[str, ...]:
+def parse_names(names: Any) -> tuple[str, ...]:
   """`names` as a tuple: accepts a tuple, or a comma-separated string ("acc,mia_i")."""
   names = (names,) if isinstance(names, str) else tuple(names)
   return tuple(n.strip() for part in names for n in str(part).split(",") if n.strip())
 
 
-def resolve_config(config, problem=None) -> tuple[ml_collections.ConfigDict, int]:
+def resolve_config(config: Any, problem: Any = None) -> tuple[ml_collections.ConfigDict, int]:
   """(metrics config merged over `default_config()` and validated, metric seed).
 
   Accepts the full experiment config (then `config.seed`, `config.train` and `config.batch_size` are

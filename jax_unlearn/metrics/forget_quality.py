@@ -47,11 +47,13 @@ reference therefore only runs with `python -O`.)
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jax_unlearn.errors import DataError
+from jax_unlearn.metrics._callable import make_callable
 
-__all__ = ["DELTA", "EPSILON_CAP", "NUM_THRESHOLDS_PER_UNIT", "BUCKET_SIZE", "per_example_epsilons",
-           "epsilon_bucket_points", "forget_quality_from_epsilons", "forget_quality", "final_score"]
+__all__ = ["forget_quality", "DELTA", "EPSILON_CAP", "NUM_THRESHOLDS_PER_UNIT", "BUCKET_SIZE",
+           "per_example_epsilons", "epsilon_bucket_points", "forget_quality_from_epsilons", "final_score"]
 
 DELTA = 1e-5
 EPSILON_CAP = 50.0
@@ -172,7 +174,8 @@ def _check_confs(unlearned_confs, retrained_confs) -> tuple[np.ndarray, np.ndarr
   return u, r
 
 
-def per_example_epsilons(unlearned_confs, retrained_confs, *, delta: float = DELTA) -> np.ndarray:
+def per_example_epsilons(unlearned_confs: ArrayLike, retrained_confs: ArrayLike, *,
+                         delta: float = DELTA) -> np.ndarray:
   """Each forget example's empirical epsilon (steps 1-5 of the module docstring).
 
   Args:
@@ -203,7 +206,7 @@ def epsilon_bucket_points(num_models: int) -> tuple[np.ndarray, np.ndarray]:
   return starts, 0.5 ** np.arange(n, dtype=np.float64)
 
 
-def forget_quality_from_epsilons(epsilons, num_models: int) -> float:
+def forget_quality_from_epsilons(epsilons: ArrayLike, num_models: int) -> float:
   """F = mean over examples of the points of each epsilon's bucket (`epsilon_bucket_points`)."""
   eps = np.asarray(epsilons, np.float64).reshape(-1)
   if eps.size == 0 or np.any(np.isnan(eps)) or np.any(eps < 0):
@@ -217,14 +220,16 @@ def forget_quality_from_epsilons(epsilons, num_models: int) -> float:
   return float(np.sum(score) / eps.size)
 
 
-def forget_quality(unlearned_confs, retrained_confs, *, delta: float = DELTA) -> float:
+def forget_quality(unlearned_confs: ArrayLike, retrained_confs: ArrayLike, *, delta: float = DELTA) -> float:
   """The challenge's forgetting quality F in [0, 1] from [N, n] unlearned and retrained confidences
-  (1: for every example, no threshold rule separates the two populations by epsilon >= 0.5)."""
+  (1: for every example, no threshold rule separates the two populations by epsilon >= 0.5).
+  `metrics.forget_quality(...)` (the module) calls this function."""
   eps = per_example_epsilons(unlearned_confs, retrained_confs, delta=delta)
   return forget_quality_from_epsilons(eps, np.shape(unlearned_confs)[0])
 
 
-def final_score(forget_quality_value: float, ra_u, ra_r, ta_u, ta_r) -> float:
+def final_score(forget_quality_value: float, ra_u: ArrayLike, ra_r: ArrayLike, ta_u: ArrayLike,
+                ta_r: ArrayLike) -> float:
   """The challenge's final score F x (RA_u / RA_r) x (TA_u / TA_r) (main.py).
 
   RA = retain accuracy, TA = test accuracy, u = unlearned, r = retrained; each may be a scalar or
@@ -241,3 +246,6 @@ def final_score(forget_quality_value: float, ra_u, ra_r, ta_u, ta_r) -> float:
     raise DataError(f"final_score: the retrained models' accuracies must be > 0 (got RA_r={ra_r_m}, "
                     f"TA_r={ta_r_m}); they are the denominators of the utility ratios")
   return float(forget_quality_value) * (ra_u_m / ra_r_m) * (ta_u_m / ta_r_m)
+
+
+make_callable(__name__)

@@ -33,10 +33,12 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jax_unlearn.errors import DataError
+from jax_unlearn.metrics._callable import make_callable
 
-__all__ = ["GaussianFit", "lira_score", "membership_masks", "fit_gaussians", "gaussian_logpdf",
+__all__ = ["lira", "GaussianFit", "lira_score", "membership_masks", "fit_gaussians", "gaussian_logpdf",
            "offline_lira", "online_lira", "leave_one_out_lira", "tpr_at_fpr", "roc_metrics"]
 
 # plot.py adds this to every fitted standard deviation, so that a shadow population with one repeated
@@ -61,7 +63,7 @@ def _finite(name: str, a: np.ndarray) -> np.ndarray:
   return a
 
 
-def lira_score(logits, labels, *, augmented: bool = False) -> np.ndarray:
+def lira_score(logits: ArrayLike, labels: ArrayLike, *, augmented: bool = False) -> np.ndarray:
   """LiRA's logit-scaled confidence phi = log p_y - log(1 - p_y), float64, stable for any logits.
 
   Args:
@@ -128,7 +130,7 @@ def _as_mask(name: str, mask, shape: tuple[int, int]) -> np.ndarray:
   return m
 
 
-def fit_gaussians(scores, mask=None, *, global_variance: bool = False,
+def fit_gaussians(scores: ArrayLike, mask: ArrayLike | None = None, *, global_variance: bool = False,
                   min_count: int | None = None) -> GaussianFit:
   """Per-example Gaussian fits of shadow scores, as `plot.py`: loc = median, scale = std (ddof 0).
 
@@ -164,7 +166,7 @@ def fit_gaussians(scores, mask=None, *, global_variance: bool = False,
   return GaussianFit(loc, scale, count)
 
 
-def gaussian_logpdf(x, loc, scale) -> np.ndarray:
+def gaussian_logpdf(x: ArrayLike, loc: ArrayLike, scale: ArrayLike) -> np.ndarray:
   """log N(x; loc, scale^2), float64, with `plot.py`'s 1e-30 added to the scale."""
   scale = np.asarray(scale, np.float64) + _STD_FLOOR
   z = (np.asarray(x, np.float64) - loc) / scale
@@ -183,8 +185,8 @@ def _query_mean(stat: np.ndarray, fit: GaussianFit) -> np.ndarray:
   return stat.mean(axis=-1) if fit.loc.ndim == 2 else stat
 
 
-def offline_lira(target_scores, out_scores, *, out_mask=None, global_variance: bool = False,
-                 one_sided: bool = True) -> np.ndarray:
+def offline_lira(target_scores: ArrayLike, out_scores: ArrayLike, *, out_mask: ArrayLike | None = None,
+                 global_variance: bool = False, one_sided: bool = True) -> np.ndarray:
   """Offline LiRA statistic (higher = member) from out-models only.
 
   Args:
@@ -205,7 +207,8 @@ def offline_lira(target_scores, out_scores, *, out_mask=None, global_variance: b
   return _query_mean(stat, fit)
 
 
-def online_lira(target_scores, in_scores, out_scores, *, in_mask=None, out_mask=None,
+def online_lira(target_scores: ArrayLike, in_scores: ArrayLike, out_scores: ArrayLike, *,
+                in_mask: ArrayLike | None = None, out_mask: ArrayLike | None = None,
                 global_variance: bool = False) -> np.ndarray:
   """Online LiRA statistic log N(phi; in) - log N(phi; out) (higher = member).
 
@@ -228,8 +231,9 @@ def online_lira(target_scores, in_scores, out_scores, *, in_mask=None, out_mask=
   return _query_mean(stat, fin)
 
 
-def leave_one_out_lira(scores, keep, *, online: bool = True, global_variance: bool = False,
-                       one_sided: bool = True, target_models=None) -> tuple[np.ndarray, np.ndarray]:
+def leave_one_out_lira(scores: ArrayLike, keep: ArrayLike, *, online: bool = True,
+                       global_variance: bool = False, one_sided: bool = True,
+                       target_models: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
   """LiRA on a population: each target model in turn is attacked with all other models as shadows.
 
   Args:
@@ -257,7 +261,7 @@ def leave_one_out_lira(scores, keep, *, online: bool = True, global_variance: bo
   return np.stack(stats), k[targets]
 
 
-def tpr_at_fpr(fpr, tpr, max_fpr: float) -> float:
+def tpr_at_fpr(fpr: ArrayLike, tpr: ArrayLike, max_fpr: float) -> float:
   """The highest TPR among ROC points with FPR strictly below `max_fpr` (`plot.py`:
   tpr[np.where(fpr < .001)[0][-1]]); 0 when only the (0, 0) point qualifies."""
   fpr, tpr = np.asarray(fpr), np.asarray(tpr)
@@ -265,7 +269,7 @@ def tpr_at_fpr(fpr, tpr, max_fpr: float) -> float:
   return float(tpr[ok].max()) if np.any(ok) else 0.0
 
 
-def roc_metrics(stat, is_member) -> dict:
+def roc_metrics(stat: ArrayLike, is_member: ArrayLike) -> dict:
   """ROC of a membership statistic (higher = member) against the truth.
 
   Returns dict(auc, balanced_accuracy = max over thresholds of 1 - (FPR + FNR) / 2,
@@ -296,3 +300,20 @@ def roc_metrics(stat, is_member) -> dict:
           "tpr_at_01pct_fpr": tpr_at_fpr(fpr, tpr, 1e-3),
           "tpr_at_1pct_fpr": tpr_at_fpr(fpr, tpr, 1e-2),
           "fpr": fpr, "tpr": tpr, "thresholds": thresholds}
+
+
+def lira(scores: ArrayLike, keep: ArrayLike, *, online: bool = True, global_variance: bool = False,
+         one_sided: bool = True, target_models: ArrayLike | None = None) -> dict:
+  """The LiRA metric of a population: `roc_metrics` of `leave_one_out_lira(scores, keep, ...)`.
+
+  `scores` [M, N] (or [M, N, A]) are `lira_score`s of N examples under M models, `keep` [M, N] which
+  examples each model trained on (`membership_masks`). Returns AUC, balanced accuracy and TPR at
+  0.1 % / 1 % FPR (plus the ROC arrays) over every attacked (model, example) pair; 0.5 AUC = no
+  membership signal. `metrics.lira(...)` (the module) calls this function.
+  """
+  stat, is_member = leave_one_out_lira(scores, keep, online=online, global_variance=global_variance,
+                                       one_sided=one_sided, target_models=target_models)
+  return roc_metrics(stat, is_member)
+
+
+make_callable(__name__)

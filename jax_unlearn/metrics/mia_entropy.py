@@ -1,4 +1,4 @@
-"""`mia_entropy`: the SSD repository's entropy membership-inference attack (the DiStruction paper's "MIA").
+"""`mia_entropy`: the SSD repository's entropy membership-inference attack (its "MIA"; our name for it).
 
 Protocol (`if-loops/selective-synaptic-dampening: src/metrics.py`, from bad-teaching):
 * feature = entropy of the softmax output, H(p) = -sum_k p_k log p_k (one scalar per image);
@@ -17,11 +17,14 @@ batched. Entropy is computed from `log_softmax`, so saturated outputs give 0, no
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
+from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.metrics.mia_i import (
   add_member_pool,
@@ -32,18 +35,22 @@ from jax_unlearn.metrics.mia_i import (
 )
 from jax_unlearn.train.evaluate import predict_logits
 
+if TYPE_CHECKING:
+  from jax_unlearn.data import UnlearnData
+
 __all__ = ["softmax_entropy", "mia_entropy_from_entropies", "mia_entropy_from_logits", "mia_entropy",
            "MiaEntropy"]
 
 
 @jax.jit
-def softmax_entropy(logits):
+def softmax_entropy(logits: ArrayLike) -> jax.Array:
   """Entropy (nats) of softmax(logits) per row, [N, K] -> [N]; exact 0 for one-hot outputs."""
   logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
   return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
-def mia_entropy_from_entropies(member_ent, nonmember_ent, target_ent) -> float:
+def mia_entropy_from_entropies(member_ent: ArrayLike, nonmember_ent: ArrayLike, target_ent: ArrayLike
+                               ) -> float:
   """Percent of `target_ent` samples a balanced logistic regression calls members (label 1).
 
   Fitted on `member_ent` (label 1) vs `nonmember_ent` (label 0); 1-D arrays of entropies. NaN when
@@ -55,14 +62,20 @@ def mia_entropy_from_entropies(member_ent, nonmember_ent, target_ent) -> float:
   return float("nan") if pred is None else float(100.0 * pred.mean())
 
 
-def mia_entropy_from_logits(member_logits, nonmember_logits, target_logits) -> float:
+def mia_entropy_from_logits(member_logits: ArrayLike, nonmember_logits: ArrayLike, target_logits: ArrayLike
+                            ) -> float:
+  """`mia_entropy_from_entropies` of the softmax entropies of three pools of logits."""
   ent = lambda lg: np.asarray(softmax_entropy(lg))  # noqa: E731
   return mia_entropy_from_entropies(ent(member_logits), ent(nonmember_logits), ent(target_logits))
 
 
-def mia_entropy(model, variables, data, *, max_samples: int = 10000, seed: int = 0,
+def mia_entropy(model: Any, variables: Any, data: UnlearnData, *, max_samples: int = 10000, seed: int = 0,
                 batch_size: int = 512) -> float:
-  """`mia_entropy` (percent of forget training samples predicted member) of one model."""
+  """`mia_entropy` (percent of forget training samples predicted member) of one model.
+
+  `data` is an `UnlearnData`; `max_samples` caps the retain-train member pool, drawn with `seed`.
+  `metrics.mia_entropy(...)` (the module) calls this function.
+  """
   member = retain_member_index(data, max_samples, seed)
   target = np.flatnonzero(np.asarray(data.forget_train_mask, bool))
   logits = functools.partial(predict_logits, model, variables, info=data.info, batch_size=batch_size)
@@ -85,3 +98,6 @@ class MiaEntropy(Evaluator):
 
   def info(self) -> dict:
     return {"mia_entropy_members": len(self.member_idx)}
+
+
+make_callable(__name__)

@@ -29,14 +29,20 @@ digits (404 members + 404 non-members) MIA-I takes 0.02-0.04 s per model and thi
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jax_unlearn.errors import ConfigError, DataError
+from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.train.evaluate import predict_logits
+
+if TYPE_CHECKING:
+  from jax_unlearn.data import UnlearnData
 
 __all__ = ["true_label_confidence", "sample_index", "retain_member_index", "fit_predict_1d",
            "mia_i_from_confidences", "mia_i_from_logits", "mia_i_attack_accuracy", "balanced_accuracy",
@@ -48,7 +54,7 @@ STREAM_HELDOUT = 13  # the 50/50 split of `mia_i_attack_accuracy`
 
 
 @jax.jit
-def true_label_confidence(logits, labels):
+def true_label_confidence(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
   """softmax(logits)[i, labels[i]], computed through log_softmax for stability. [N, K] -> [N]."""
   logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
   return jnp.exp(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], axis=-1)[:, 0])
@@ -59,7 +65,7 @@ def sample_index(n: int, k: int, seed: int, stream: int) -> np.ndarray:
   return np.random.default_rng([seed, stream]).permutation(n)[:min(int(k), n)]
 
 
-def retain_member_index(data, max_samples: int, seed: int) -> np.ndarray:
+def retain_member_index(data: UnlearnData, max_samples: int, seed: int) -> np.ndarray:
   """Indices into `data.train` of a seeded random subsample (<= max_samples) of the retain training
   images, in random order, so that any prefix is itself a uniform subsample. Shared by MIA-I (which
   takes a prefix of length |non-members|) and `mia_entropy`."""
@@ -67,7 +73,8 @@ def retain_member_index(data, max_samples: int, seed: int) -> np.ndarray:
   return retain[sample_index(len(retain), max_samples, seed, STREAM_MEMBERS)]
 
 
-def fit_predict_1d(clf, member, nonmember, target, needs: str):
+def fit_predict_1d(clf: Any, member: ArrayLike, nonmember: ArrayLike, target: ArrayLike,
+                   needs: str) -> np.ndarray | None:
   """Fits `clf` on 1-D scalar features, `member` (label 1) vs `nonmember` (label 0), and returns its
   predictions on `target` (None when the target is empty). Shared by MIA-I and `mia_entropy`;
   `needs` completes the error raised when a training pool is empty."""
@@ -82,7 +89,8 @@ def fit_predict_1d(clf, member, nonmember, target, needs: str):
   return clf.fit(x, y).predict(target)
 
 
-def mia_i_from_confidences(member_conf, nonmember_conf, target_conf) -> float:
+def mia_i_from_confidences(member_conf: ArrayLike, nonmember_conf: ArrayLike, target_conf: ArrayLike
+                           ) -> float:
   """Percent of `target_conf` samples an RBF-SVC (C=3, gamma='auto') calls non-members.
 
   The SVC is fitted on `member_conf` (label 1) vs `nonmember_conf` (label 0); every argument is a
@@ -94,13 +102,13 @@ def mia_i_from_confidences(member_conf, nonmember_conf, target_conf) -> float:
   return float("nan") if pred is None else float(100.0 * (1.0 - pred.mean()))
 
 
-def balanced_accuracy(pred_member, pred_nonmember) -> float:
+def balanced_accuracy(pred_member: ArrayLike, pred_nonmember: ArrayLike) -> float:
   """(TPR + TNR) / 2 in percent from 0/1 "member" predictions on true members and true non-members."""
   pm, pn = np.asarray(pred_member, np.float64), np.asarray(pred_nonmember, np.float64)
   return float(100.0 * 0.5 * (pm.mean() + (1.0 - pn.mean())))
 
 
-def mia_i_attack_accuracy(member_conf, nonmember_conf, seed: int = 0) -> float:
+def mia_i_attack_accuracy(member_conf: ArrayLike, nonmember_conf: ArrayLike, seed: int = 0) -> float:
   """Held-out balanced accuracy (percent) of the MIA-I attack on its own pools.
 
   Each pool (1-D true-label confidences) is permuted with `np.random.default_rng([seed, 13, side])`
@@ -124,8 +132,9 @@ def mia_i_attack_accuracy(member_conf, nonmember_conf, seed: int = 0) -> float:
   return balanced_accuracy(pred[:len(m_eval)], pred[len(m_eval):])
 
 
-def mia_i_from_logits(member_logits, member_labels, nonmember_logits, nonmember_labels,
-                      target_logits, target_labels) -> float:
+def mia_i_from_logits(member_logits: ArrayLike, member_labels: ArrayLike, nonmember_logits: ArrayLike,
+                      nonmember_labels: ArrayLike, target_logits: ArrayLike, target_labels: ArrayLike
+                      ) -> float:
   """MIA-I from the evaluated model's logits on the three pools (see the module docstring)."""
   conf = lambda lg, lb: np.asarray(true_label_confidence(lg, lb))  # noqa: E731
   return mia_i_from_confidences(conf(member_logits, member_labels),
@@ -133,7 +142,7 @@ def mia_i_from_logits(member_logits, member_labels, nonmember_logits, nonmember_
                                 conf(target_logits, target_labels))
 
 
-def mia_i_pools(data, max_samples: int, seed: int):
+def mia_i_pools(data: UnlearnData, max_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(member indices into train, non-member indices into test, target indices into train)."""
   nonmember = np.flatnonzero(~np.asarray(data.forget_test_mask, bool))
   nonmember = nonmember[sample_index(len(nonmember), max_samples, seed, STREAM_MEMBERS + 1)]
@@ -142,9 +151,13 @@ def mia_i_pools(data, max_samples: int, seed: int):
   return member, np.sort(nonmember), target
 
 
-def mia_i(model, variables, data, *, max_samples: int = 10000, seed: int = 0,
+def mia_i(model: Any, variables: Any, data: UnlearnData, *, max_samples: int = 10000, seed: int = 0,
           batch_size: int = 512) -> float:
-  """MIA-I (percent of forget training samples predicted non-member) of `model` with `variables`."""
+  """MIA-I (percent of forget training samples predicted non-member) of `model` with `variables`.
+
+  `data` is an `UnlearnData`; `max_samples` caps each attack pool; `seed` draws the member pool.
+  `metrics.mia_i(...)` (the module) calls this function.
+  """
   member, nonmember, target = mia_i_pools(data, max_samples, seed)
   logits = functools.partial(predict_logits, model, variables, info=data.info, batch_size=batch_size)
   tr, te = data.train, data.test
@@ -159,14 +172,15 @@ def member_pool_config() -> dict:
   return {"mia_max_samples": 10000}
 
 
-def check_member_pool(cfg, problem=None) -> None:
+def check_member_pool(cfg: Any, problem: Any = None) -> None:
+  """Raises ConfigError unless `config.metrics.mia_max_samples` >= 1."""
   del problem
   if int(cfg.mia_max_samples) < 1:
     raise ConfigError(f"config.metrics.mia_max_samples must be >= 1, got {cfg.mia_max_samples}; the "
                       "default is 10000")
 
 
-def add_member_pool(suite) -> np.ndarray:
+def add_member_pool(suite: Any) -> np.ndarray:
   """The shared pool of retain-train members (MIA-I takes a prefix, mia_entropy all of it)."""
   idx = retain_member_index(suite.data, suite.cfg.mia_max_samples, suite.seed)
   suite.add_pool("retain_members", np.asarray(suite.data.train.images)[idx])
@@ -197,3 +211,6 @@ class MiaI(Evaluator):
 
   def info(self) -> dict:
     return {"mia_i_members": len(self.member), "mia_i_nonmembers": len(self.nonmember)}
+
+
+make_callable(__name__)

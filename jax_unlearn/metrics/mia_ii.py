@@ -48,17 +48,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from numpy.typing import ArrayLike
 
 from jax_unlearn.data.augment import augment as augment_images
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError, DataError
+from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.models import init_variables
 from jax_unlearn.models.conv import loop_safe_convs
@@ -66,6 +68,9 @@ from jax_unlearn.train.evaluate import padded_batches, predict_logits
 from jax_unlearn.train.loop import run_chunks
 from jax_unlearn.train.steps import loss_and_grads, scan_member_steps
 from jax_unlearn.train.supervised import make_optimizer
+
+if TYPE_CHECKING:
+  from jax_unlearn.data import DataInfo, UnlearnData
 
 STREAM_EVAL = 31
 STREAM_IN_OUT = 32
@@ -102,7 +107,7 @@ class Attack:
 # --------------------------------------------------------------------------------------- pools
 
 
-def mia_ii_pools(data, seed: int = 0, max_eval: int = 5000) -> dict:
+def mia_ii_pools(data: UnlearnData, seed: int = 0, max_eval: int = 5000) -> dict[str, np.ndarray]:
   """Evaluation members/non-members and the shadow pool (module docstring), as index arrays."""
   ftrain = np.flatnonzero(np.asarray(data.forget_train_mask, bool))
   ftest = np.flatnonzero(np.asarray(data.forget_test_mask, bool))
@@ -122,7 +127,7 @@ def mia_ii_pools(data, seed: int = 0, max_eval: int = 5000) -> dict:
           "pool_val_idx": np.arange(len(data.val)), "pool_test_idx": pool_test}
 
 
-def shadow_pool(data, shadow: ShadowModels):
+def shadow_pool(data: UnlearnData, shadow: ShadowModels) -> tuple[np.ndarray, np.ndarray]:
   """(images, labels) of the shadow pool."""
   x = np.concatenate([np.asarray(data.val.images)[shadow.pool_val_idx],
                       np.asarray(data.test.images)[shadow.pool_test_idx]]).astype(np.float32)
@@ -167,7 +172,9 @@ def shadow_optimizer(lr: float, momentum: float, weight_decay: float, milestones
   return make_optimizer(ml_collections.ConfigDict(recipe), steps_per_epoch)
 
 
-def shadow_train_step(apply_fn, tx, augment: bool, state, idx, key, images, labels, mean, std):
+def shadow_train_step(apply_fn: Callable[..., Any], tx: optax.GradientTransformation, augment: bool,
+                      state: tuple, idx: jax.Array, key: jax.Array, images: jax.Array, labels: jax.Array,
+                      mean: jax.Array, std: jax.Array) -> tuple[tuple, jax.Array]:
   """One supervised CE + SGD step of ONE shadow. `state` = (params, batch_stats, opt_state); `idx`
   [B] indexes the device-resident pool `images`/`labels`. Returns (state, loss)."""
   params, bstats, opt_state = state
@@ -183,9 +190,11 @@ def shadow_train_step(apply_fn, tx, augment: bool, state, idx, key, images, labe
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "lr", "momentum", "weight_decay", "milestones",
                                              "gamma", "steps_per_epoch", "augment", "vmapped"))
-def train_shadows_scan(apply_fn, state, idx, keys, images, labels, mean, std, t0=0, *, lr: float,
-                       momentum: float, weight_decay: float, augment: bool, milestones: tuple = (),
-                       gamma: float = 0.1, steps_per_epoch: int = 1, vmapped: bool = True):
+def train_shadows_scan(apply_fn: Callable[..., Any], state: tuple, idx: jax.Array, keys: jax.Array,
+                       images: jax.Array, labels: jax.Array, mean: jax.Array, std: jax.Array, t0: int = 0,
+                       *, lr: float, momentum: float, weight_decay: float, augment: bool,
+                       milestones: tuple = (), gamma: float = 0.1, steps_per_epoch: int = 1,
+                       vmapped: bool = True) -> tuple[tuple, jax.Array]:
   """Runs all steps of `idx` with `lax.scan`. vmapped=True: `state` is stacked over S shadows, `idx` is
   [T, S, B], `keys` [S]; the step is `jax.vmap(shadow_train_step)`. vmapped=False: one shadow, `idx`
   [T, B], `keys` a single key. Row t of `idx` is global step t0 + t and uses `fold_in(key, t0 + t)`,
@@ -209,9 +218,9 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def train_shadow_models(model, data, key, *, num_shadow: int = 4, epochs: int = 30, lr: float = 0.05,
-                        momentum: float = 0.9, weight_decay: float = 1e-4, batch_size: int = 64,
-                        milestones: tuple = (), gamma: float = 0.1,
+def train_shadow_models(model: Any, data: UnlearnData, key: jax.Array, *, num_shadow: int = 4,
+                        epochs: int = 30, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 1e-4,
+                        batch_size: int = 64, milestones: tuple = (), gamma: float = 0.1,
                         augment: bool | None = None, seed: int = 0, max_eval: int = 5000,
                         vmapped: bool = True, ckpt_dir: str | None = None,
                         log: Callable[[str], None] | None = None) -> ShadowModels:
@@ -327,7 +336,8 @@ def _stacked_probs(apply_fn, stacked_vars, x, mean, std):
   return jax.vmap(lambda v: jax.nn.softmax(apply_fn(v, xn, train=False), axis=-1))(stacked_vars)
 
 
-def stacked_predict_probs(model, stacked_vars, images, info, batch_size: int = 512) -> np.ndarray:
+def stacked_predict_probs(model: Any, stacked_vars: Any, images: ArrayLike, info: DataInfo,
+                          batch_size: int = 512) -> np.ndarray:
   """Softmax outputs `[S, N, K]` of S stacked models on raw images (batched, padded, jitted)."""
   images = np.asarray(images, np.float32)
   mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
@@ -337,7 +347,7 @@ def stacked_predict_probs(model, stacked_vars, images, info, batch_size: int = 5
 
 
 @functools.partial(jax.jit, static_argnames=("topk",))
-def attack_features(probs, topk: int):
+def attack_features(probs: ArrayLike, topk: int) -> jax.Array:
   """Softmax vectors sorted in descending order, first `topk` entries (all when topk <= 0 or > K)."""
   k = probs.shape[-1] if topk <= 0 else min(topk, probs.shape[-1])
   return -jnp.sort(-jnp.asarray(probs, jnp.float32), axis=-1)[..., :k]
@@ -359,7 +369,8 @@ def _classifier(kind: str, seed: int):
                     f"to one of: {', '.join(ATTACKS)}")
 
 
-def fit_attack_from_probs(in_probs, out_probs, *, topk: int = 10, kind: str = "hgb", seed: int = 0):
+def fit_attack_from_probs(in_probs: ArrayLike, out_probs: ArrayLike, *, topk: int = 10, kind: str = "hgb",
+                          seed: int = 0) -> tuple[Any, float]:
   """Fits the binary attack on softmax vectors `[n, K]` of members (1) vs non-members (0).
   Returns (classifier, accuracy in percent on its own training rows)."""
   fi, fo = np.asarray(attack_features(in_probs, topk)), np.asarray(attack_features(out_probs, topk))
@@ -374,8 +385,8 @@ def fit_attack_from_probs(in_probs, out_probs, *, topk: int = 10, kind: str = "h
   return clf, acc
 
 
-def heldout_attack_accuracy(probs, in_mask, *, topk: int = 10, kind: str = "hgb", seed: int = 0,
-                            max_heldout: int = MAX_HELDOUT_SHADOWS) -> float:
+def heldout_attack_accuracy(probs: np.ndarray, in_mask: np.ndarray, *, topk: int = 10, kind: str = "hgb",
+                            seed: int = 0, max_heldout: int = MAX_HELDOUT_SHADOWS) -> float:
   """Leave-one-shadow-out balanced accuracy (percent) of the attack (module docstring).
 
   `probs`: `[S, N, K]` softmax outputs of S shadows on the pool; `in_mask`: `[S, N]` bool, True =
@@ -401,8 +412,8 @@ def heldout_attack_accuracy(probs, in_mask, *, topk: int = 10, kind: str = "hgb"
   return float(np.mean(accs))
 
 
-def fit_attack(model, shadow: ShadowModels, data, *, topk: int = 10, kind: str = "hgb", seed: int = 0,
-               batch_size: int = 512, heldout: bool = True) -> Attack:
+def fit_attack(model: Any, shadow: ShadowModels, data: UnlearnData, *, topk: int = 10, kind: str = "hgb",
+               seed: int = 0, batch_size: int = 512, heldout: bool = True) -> Attack:
   """Fits the attack on every shadow's outputs on the whole pool (its "in" half = 1, "out" half = 0).
   `heldout`: also estimate its leave-one-shadow-out accuracy (`heldout_attack_accuracy`; min(S, 4)
   more fits), which leaves the returned classifier unchanged."""
@@ -416,7 +427,8 @@ def fit_attack(model, shadow: ShadowModels, data, *, topk: int = 10, kind: str =
                 nonmember_idx=shadow.nonmember_idx, shadow_accuracy=acc, heldout_accuracy=held)
 
 
-def member_f1_from_probs(classifier, topk: int, member_probs, nonmember_probs) -> float:
+def member_f1_from_probs(classifier: Any, topk: int, member_probs: ArrayLike, nonmember_probs: ArrayLike
+                         ) -> float:
   """F1 (percent) of the "member" class when `classifier` labels members (true 1) and non-members (0)."""
   fm = np.asarray(attack_features(member_probs, topk), np.float64)
   fn = np.asarray(attack_features(nonmember_probs, topk), np.float64)
@@ -428,12 +440,13 @@ def member_f1_from_probs(classifier, topk: int, member_probs, nonmember_probs) -
   return float(100.0 * f1_score(y, pred, pos_label=1, zero_division=0.0))
 
 
-def mia_ii_f1_from_logits(attack: Attack, member_logits, nonmember_logits) -> float:
+def mia_ii_f1_from_logits(attack: Attack, member_logits: ArrayLike, nonmember_logits: ArrayLike) -> float:
+  """MIA-II (F1 percent of "member") from the evaluated model's logits on the attack's two pools."""
   sm = lambda lg: np.asarray(jax.nn.softmax(jnp.asarray(lg, jnp.float32), axis=-1))  # noqa: E731
   return member_f1_from_probs(attack.classifier, attack.topk, sm(member_logits), sm(nonmember_logits))
 
 
-def mia_ii_f1(attack: Attack, model, variables, data, batch_size: int = 512) -> float:
+def mia_ii_f1(attack: Attack, model: Any, variables: Any, data: UnlearnData, batch_size: int = 512) -> float:
   """MIA-II of one evaluated model: F1 (percent) of "member" on the attack's evaluation pools
   (forget-class training images vs forget-class test images of `data`)."""
   ml = predict_logits(model, variables, np.asarray(data.train.images)[attack.member_idx], data.info,
@@ -441,6 +454,16 @@ def mia_ii_f1(attack: Attack, model, variables, data, batch_size: int = 512) -> 
   nl = predict_logits(model, variables, np.asarray(data.test.images)[attack.nonmember_idx], data.info,
                       batch_size)
   return mia_ii_f1_from_logits(attack, ml, nl)
+
+
+def mia_ii(model: Any, variables: Any, data: UnlearnData, *, attack: Attack, batch_size: int = 512) -> float:
+  """The `mia_ii` metric of one model: F1 (percent) of "member" (module docstring); `mia_ii_f1`.
+
+  `attack` is fitted once for all the models evaluated on `data`:
+  `fit_attack(model, train_shadow_models(model, data, key, ...), data)` (the `MetricSuite` does this
+  with the original model's training recipe). `metrics.mia_ii(...)` (the module) calls this function.
+  """
+  return mia_ii_f1(attack, model, variables, data, batch_size)
 
 
 def num_steps(n_pool: int, batch_size: int, epochs: int) -> int:
@@ -476,14 +499,15 @@ def default_config() -> dict:
       mia_ii_max_eval=5000)      # cap on evaluation members / non-members (each side)
 
 
-def resolve(cfg, recipe) -> None:
+def resolve(cfg: Any, recipe: Any) -> None:
   """Fills every shadow_* field left None with the original's recipe."""
   for field, key in SHADOW_RECIPE.items():
     if cfg[field] is None:
       cfg[field] = tuple(recipe[key]) if key == "milestones" else recipe[key]
 
 
-def validate_config(cfg, problem=None) -> None:
+def validate_config(cfg: Any, problem: Any = None) -> None:
+  """Raises ConfigError for a MIA-II field of `config.metrics` out of range."""
   del problem
   if cfg.mia_ii_attack not in ATTACKS:
     raise ConfigError(f"unknown config.metrics.mia_ii_attack {cfg.mia_ii_attack!r}; use one of "
@@ -555,9 +579,12 @@ class MiaII(Evaluator):
     return out
 
 
-__all__ = ["ShadowModels", "Attack", "mia_ii_pools", "shadow_pool", "shadow_in_masks", "shadow_schedule",
-           "shadow_optimizer", "shadow_train_step", "train_shadows_scan", "train_shadow_models",
-           "stacked_predict_probs", "attack_features", "fit_attack_from_probs", "heldout_attack_accuracy",
-           "fit_attack", "MAX_HELDOUT_SHADOWS",
-           "member_f1_from_probs", "mia_ii_f1_from_logits", "mia_ii_f1", "num_steps", "ATTACKS",
-           "MiaII", "default_config", "resolve", "validate_config", "SHADOW_RECIPE"]
+__all__ = ["mia_ii", "ShadowModels", "Attack", "mia_ii_pools", "shadow_pool", "shadow_in_masks",
+           "shadow_schedule", "shadow_optimizer", "shadow_train_step", "train_shadows_scan",
+           "train_shadow_models", "stacked_predict_probs", "attack_features", "fit_attack_from_probs",
+           "heldout_attack_accuracy", "fit_attack", "MAX_HELDOUT_SHADOWS", "member_f1_from_probs",
+           "mia_ii_f1_from_logits", "mia_ii_f1", "num_steps", "ATTACKS", "MiaII", "default_config", "resolve",
+           "validate_config", "SHADOW_RECIPE"]
+
+
+make_callable(__name__)

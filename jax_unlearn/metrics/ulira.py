@@ -45,9 +45,13 @@ models (trained with the forget examples, then unlearned them) and retrained mod
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jax_unlearn.errors import DataError
+from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.lira import fit_gaussians, gaussian_logpdf, roc_metrics
 
 __all__ = ["ulira", "ulira_from_populations", "clopper_pearson"]
@@ -106,10 +110,13 @@ def _balanced(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> tuple[n
   return out[0], out[1]
 
 
-def ulira(scores, forgotten, unseen, target_models, *, rng: np.random.Generator,
-          max_pairs_per_side: int | None = None, global_variance: bool = False, min_shadows: int = 2,
-          n_bootstrap: int = 1000, confidence: float = 0.95, balance_shadows: bool = False) -> dict:
+def ulira(scores: ArrayLike, forgotten: ArrayLike, unseen: ArrayLike, target_models: ArrayLike, *,
+          rng: np.random.Generator, max_pairs_per_side: int | None = None, global_variance: bool = False,
+          min_shadows: int = 2, n_bootstrap: int = 1000, confidence: float = 0.95,
+          balance_shadows: bool = False) -> dict:
   """U-LiRA on one population of models (the protocol is the module docstring's).
+
+  `metrics.ulira(...)` (the module) calls this function.
 
   Args:
     scores: [M, N] or [M, N, A] phi of N examples under M models of the audited pipeline.
@@ -201,9 +208,10 @@ def ulira(scores, forgotten, unseen, target_models, *, rng: np.random.Generator,
   return out
 
 
-def ulira_from_populations(unlearned_scores, forget_mask, retrained_scores, *, target_unlearned,
-                           target_retrained, rng: np.random.Generator, unlearned_unseen=None,
-                           retrained_unseen=None, **kwargs) -> dict:
+def ulira_from_populations(unlearned_scores: ArrayLike, forget_mask: ArrayLike, retrained_scores: ArrayLike,
+                           *, target_unlearned: ArrayLike, target_retrained: ArrayLike,
+                           rng: np.random.Generator, unlearned_unseen: ArrayLike | None = None,
+                           retrained_unseen: ArrayLike | None = None, **kwargs: Any) -> dict:
   """U-LiRA from an unlearned and a retrained population (stacked, then `ulira`).
 
   Args:
@@ -239,3 +247,6 @@ def ulira_from_populations(unlearned_scores, forget_mask, retrained_scores, *, t
                     f"[0, {mr}), got {tu.tolist()} and {tr.tolist()}")
   return ulira(np.concatenate([u, r]), np.concatenate([fm, np.zeros((mr, n), bool)]),
                np.concatenate([uu, ru]), np.concatenate([tu, mu + tr]), rng=rng, **kwargs)
+
+
+make_callable(__name__)

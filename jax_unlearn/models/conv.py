@@ -16,7 +16,7 @@ plain `nn.Conv` a model applies.
 import contextlib
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,7 +43,8 @@ def _conv(x, w, strides, padding, lhs_dilation=None, rhs_dilation=None):
 # is numerically the same convolution.
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def loop_safe_conv(x, w, strides, padding):
+def loop_safe_conv(x: jax.Array, w: jax.Array, strides: Sequence[int],
+                   padding: Sequence[tuple[int, int]]) -> jax.Array:
   """`lax.conv_general_dilated(x, w, strides, padding)` (NHWC, HWIO, explicit padding pairs) whose
   gradients are canonical convolutions, fast inside `lax.scan`/`lax.cond` on XLA:CPU."""
   return _conv(x, w, strides, padding)
@@ -233,7 +234,8 @@ def _dispatch(conv, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_di
               tuple((int(lo), int(hi)) for lo, hi in padding))
 
 
-def loop_safe_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+def loop_safe_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                                   padding: Any, *args: Any, **kwargs: Any) -> jax.Array:
   """Drop-in for `lax.conv_general_dilated`: plain 2-D NHWC convolutions go through `loop_safe_conv`."""
   return _dispatch(loop_safe_conv, lhs, rhs, window_strides, padding, *args, **kwargs)
 
@@ -261,6 +263,8 @@ def _interceptor(conv_general_dilated):
       object.__setattr__(m, "conv_general_dilated", conv_general_dilated)
     return next_fun(*args, **kwargs)
   intercept.__name__ = f"intercept_{conv_general_dilated.__name__}"
+  intercept.__doc__ = (f"`nn.intercept_methods` interceptor: every plain `nn.Conv` applied under it uses "
+                       f"`{conv_general_dilated.__name__}`.")
   return intercept
 
 

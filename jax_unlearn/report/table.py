@@ -38,6 +38,7 @@ def metric_keys() -> tuple[str, ...]:
 
 
 def row_keys() -> tuple[str, ...]:
+  """The keys of one result row (`row.json`): identification, every metric key, wall time."""
   return ("method", "forget_classes", "seed", *metric_keys(), "wall_s", "ain_reached")
 
 

@@ -134,6 +134,7 @@ def parse_layout(layout: str, num_members: int, backend: str | None = None) -> i
 
 
 def resolve_conv(conv: str, chunk: int) -> str:
+  """`config.audit.conv` resolved ('auto': 'matmul' if chunked, else 'loop_safe'); ConfigError if unknown."""
   if conv not in CONVS:
     raise ConfigError(f"unknown population conv {conv!r}; set --config.audit.conv to one of "
                       f"{', '.join(CONVS)}")

@@ -76,6 +76,7 @@ def recipe(train_cfg, batch_size: int | None = None) -> ml_collections.ConfigDic
 
 
 def create_train_state(model, key, image_shape, tx) -> TrainState:
+  """A flax `TrainState` (with `batch_stats`) for `model` initialised from `key` on `image_shape`."""
   variables = init_variables(model, key, (1,) + tuple(image_shape))
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}))
