@@ -40,8 +40,9 @@ is fitted, and the registry is filled on first use.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from jax_unlearn.data import UnlearnData
 from jax_unlearn.metrics.base import (  # noqa: F401
   Evaluator,
   MetricSpec,
@@ -57,9 +58,6 @@ from jax_unlearn.metrics.base import (  # noqa: F401
   spec,
   specs,
 )
-
-if TYPE_CHECKING:
-  from jax_unlearn.data import UnlearnData
 
 __all__ = ["Evaluator", "MetricSpec", "MetricSuite", "Outputs", "columns", "default_config",
            "default_names", "names", "register", "resolve_config", "result_keys", "spec", "specs",

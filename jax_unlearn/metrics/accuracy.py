@@ -15,17 +15,15 @@ Inference is batched and jitted (`train.evaluate.predict_logits`, eval-mode Batc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jax_unlearn.data import Split, UnlearnData
 from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.train.evaluate import predict_logits
-
-if TYPE_CHECKING:
-  from jax_unlearn.data import Split, UnlearnData
 
 __all__ = ["accuracy", "masked_accuracy", "forget_eval_split", "accuracy_from_logits",
            "forget_retain_accuracy", "Accuracy"]

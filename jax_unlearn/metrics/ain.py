@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ import optax
 from jax import lax
 from numpy.typing import ArrayLike
 
+from jax_unlearn.data import DataInfo, Split, UnlearnData
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError, DataError
 from jax_unlearn.metrics._callable import make_callable
@@ -53,9 +54,6 @@ from jax_unlearn.models.conv import loop_safe_convs
 from jax_unlearn.train.evaluate import predict_logits
 from jax_unlearn.train.loop import run_chunks
 from jax_unlearn.train.steps import loss_and_grads
-
-if TYPE_CHECKING:
-  from jax_unlearn.data import DataInfo, Split, UnlearnData
 
 __all__ = ["ain", "RelearnResult", "ain_eval_split", "relearn_set_index", "relearn_schedule",
            "pad_to_batches", "relearn_loop", "relearn", "relearn_steps", "ain_target", "anamnesis_index",

@@ -9,20 +9,18 @@ the metric is the mean over images (nats). 0 means the unlearned model answers e
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jax_unlearn.data import DataInfo, UnlearnData
 from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.accuracy import forget_eval_split
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.train.evaluate import predict_logits
-
-if TYPE_CHECKING:
-  from jax_unlearn.data import DataInfo, UnlearnData
 
 __all__ = ["kl", "kl_divergence_from_logits", "mean_kl_from_logits", "kl_to_retrain", "KLToRetrain"]
 

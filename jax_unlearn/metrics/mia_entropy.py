@@ -17,13 +17,14 @@ batched. Entropy is computed from `log_softmax`, so saturated outputs give 0, no
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jax_unlearn.data import UnlearnData
 from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.metrics.mia_i import (
@@ -34,9 +35,6 @@ from jax_unlearn.metrics.mia_i import (
   retain_member_index,
 )
 from jax_unlearn.train.evaluate import predict_logits
-
-if TYPE_CHECKING:
-  from jax_unlearn.data import UnlearnData
 
 __all__ = ["softmax_entropy", "mia_entropy_from_entropies", "mia_entropy_from_logits", "mia_entropy",
            "MiaEntropy"]

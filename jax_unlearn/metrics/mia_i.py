@@ -29,20 +29,18 @@ digits (404 members + 404 non-members) MIA-I takes 0.02-0.04 s per model and thi
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jax_unlearn.data import UnlearnData
 from jax_unlearn.errors import ConfigError, DataError
 from jax_unlearn.metrics._callable import make_callable
 from jax_unlearn.metrics.base import Evaluator, register
 from jax_unlearn.train.evaluate import predict_logits
-
-if TYPE_CHECKING:
-  from jax_unlearn.data import UnlearnData
 
 __all__ = ["true_label_confidence", "sample_index", "retain_member_index", "fit_predict_1d",
            "mia_i_from_confidences", "mia_i_from_logits", "mia_i_attack_accuracy", "balanced_accuracy",

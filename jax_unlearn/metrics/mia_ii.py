@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,7 @@ import numpy as np
 import optax
 from numpy.typing import ArrayLike
 
+from jax_unlearn.data import DataInfo, UnlearnData
 from jax_unlearn.data.augment import augment as augment_images
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError, DataError
@@ -68,9 +69,6 @@ from jax_unlearn.train.evaluate import padded_batches, predict_logits
 from jax_unlearn.train.loop import run_chunks
 from jax_unlearn.train.steps import loss_and_grads, scan_member_steps
 from jax_unlearn.train.supervised import make_optimizer
-
-if TYPE_CHECKING:
-  from jax_unlearn.data import DataInfo, UnlearnData
 
 STREAM_EVAL = 31
 STREAM_IN_OUT = 32
