@@ -8,7 +8,6 @@ import os
 import pkgutil
 import types
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -20,10 +19,9 @@ from jax_unlearn import metrics
 from jax_unlearn.data import DataInfo, Split, UnlearnData
 from jax_unlearn.metrics import _callable
 from jax_unlearn.models import init_variables
-from jax_unlearn.models.layers import BatchNorm
+from tests.test_metrics import K, TinyNet  # the shared Dense-BN-ReLU-Dense
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-K = 4
 
 
 # ----------------------------------------------------------------------------- citations
@@ -78,17 +76,6 @@ def test_make_callable_refuses_a_module_without_its_function():
     assert mod(21) == 42 and inspect.signature(mod) == inspect.signature(mod.nothing)
   finally:
     del sys.modules[mod.__name__]
-
-
-class TinyNet(nn.Module):
-  num_classes: int = K
-
-  @nn.compact
-  def __call__(self, x, train: bool = False, mask=None, features: bool = False):
-    h = nn.Dense(16)(x.reshape(x.shape[0], -1))
-    h = nn.relu(BatchNorm(use_running_average=not train)(h, mask=mask))
-    logits = nn.Dense(self.num_classes)(h)
-    return (logits, h) if features else logits
 
 
 def _tiny_data() -> UnlearnData:
