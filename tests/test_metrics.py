@@ -197,6 +197,17 @@ def test_relearn_zero_when_target_met_and_cap_when_unreachable(model_vars, data)
   assert r.max_steps == 2 * math.ceil(n / 16) and r.steps == r.max_steps and not r.reached
 
 
+@pytest.mark.parametrize("n,batch", [(1200, 512), (1024, 512), (1, 512), (7, 3), (513, 512)])
+def test_pad_to_batches_equal_batches_pad_less_than_one_row_per_batch(n, batch):
+  x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+  y = np.arange(n, dtype=np.int32)
+  bx, by, bm = ain.pad_to_batches(x, y, batch)
+  nb, b = by.shape
+  assert nb == math.ceil(n / batch) and b <= batch and 0 <= nb * b - n < nb
+  assert bm.sum() == n and np.array_equal(bx.reshape(-1, 2)[bm.reshape(-1)], x)
+  assert np.array_equal(by.reshape(-1)[bm.reshape(-1)], y)
+
+
 def test_relearn_identical_models_give_ain_one(model_vars, data):
   model, v = model_vars
   idx = metrics.relearn_set_index(data, retain_ratio=1.0, seed=0)

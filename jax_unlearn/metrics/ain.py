@@ -112,10 +112,12 @@ def relearn_schedule(n: int, batch_size: int, max_epochs: int, seed: int = 0
 
 def pad_to_batches(images: np.ndarray, labels: np.ndarray, batch_size: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """[N, ...] -> ([nb, b, ...], [nb, b], mask [nb, b]) with b = min(batch_size, N), zero padding."""
+  """[N, ...] -> ([nb, b, ...], [nb, b], mask [nb, b]), zero padding: nb = ceil(N / batch_size) batches
+  of equal size b = ceil(N / nb) <= batch_size, so fewer than nb rows are padding (1,200 images at
+  batch 512: 3 x 400, not 3 x 512 with 336 padded rows evaluated after every relearning step)."""
   n = len(images)
-  b = max(1, min(int(batch_size), n))
-  nb = max(1, math.ceil(n / b))
+  nb = max(1, math.ceil(n / max(1, int(batch_size))))
+  b = max(1, math.ceil(n / nb))
   pad = nb * b - n
   x = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
   y = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
