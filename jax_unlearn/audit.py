@@ -5,8 +5,10 @@ Protocol (random forgetting; every choice stated):
 * **Candidates and masks.** With seed s' = config.seed + config.audit.seed_offset, a candidate set C
   of |C| = config.audit.candidates training examples (0: 2 x config.forget.num_samples) is drawn
   from the training split (`default_rng([s', 20])`); the other training examples R are in every
-  model's training set. `keep = lira.membership_masks(N, |C|)` puts each candidate in exactly N/2 of
-  the N members (LiRA's keep.npy).
+  model's training set (with config.audit.retain_size > 0, R is a seeded subset of that size,
+  `default_rng([s', 23])`, and the rest of the training split is in no member).
+  `keep = lira.membership_masks(N, |C|)` puts each candidate in exactly N/2 of the N members
+  (LiRA's keep.npy).
 * **Original population.** Member m trains on R + {c in C : keep[m, c]} (`train.population`, the
   recipe of config.train unless config.audit.epochs/milestones say otherwise, last epoch kept, no
   validation selection), key `phase_key('audit/original')`.
@@ -72,6 +74,7 @@ __all__ = ["Plan", "audit_config", "validate", "plan", "population_recipe", "mem
 FORMAT_VERSION = 1
 REFERENCE_POINTS = ("original", "retrain")  # the two reference points: no unlearning, the gold standard
 _CANDIDATE_STREAM = 20
+_RETAIN_STREAM = 23  # the subset R of `config.audit.retain_size`
 
 
 def audit_config(config):
@@ -100,32 +103,45 @@ def validate(config, workdir: str | None = None):
 class Plan:
   """Candidates, membership and the per-member training masks of one audit (module docstring)."""
 
-  def __init__(self, num_train: int, num_models: int, num_candidates: int, seed: int):
+  def __init__(self, num_train: int, num_models: int, num_candidates: int, seed: int,
+               retain_size: int = 0):
     if num_candidates >= num_train:
       raise ConfigError(f"the audit needs fewer candidates ({num_candidates}) than training examples "
                         f"({num_train}); lower --config.audit.candidates or --config.forget.num_samples")
+    if retain_size > num_train - num_candidates:
+      raise ConfigError(f"config.audit.retain_size={retain_size} exceeds the {num_train - num_candidates} "
+                        "training examples that are not candidates; lower it (0 = all of them)")
     rng = np.random.default_rng([int(seed), _CANDIDATE_STREAM])
     self.seed = int(seed)
+    self.retain_size = int(retain_size)
     self.candidates = np.sort(rng.choice(num_train, size=num_candidates, replace=False))
     self.keep = membership_masks(num_models, num_candidates, rng)         # [N, |C|]
-    self.train_masks = np.ones((num_models, num_train), bool)
-    self.train_masks[:, self.candidates] = self.keep                      # originals: R + own candidates
     self.retain_mask = np.ones(num_train, bool)
-    self.retain_mask[self.candidates] = False                            # R
+    self.retain_mask[self.candidates] = False                            # R: the other examples ...
+    if self.retain_size:                                                 # ... or a subset of them
+      others = np.flatnonzero(self.retain_mask)
+      pick = np.random.default_rng([int(seed), _RETAIN_STREAM]).choice(len(others), self.retain_size,
+                                                                        replace=False)
+      self.retain_mask[:] = False
+      self.retain_mask[others[pick]] = True
+    self.train_masks = np.repeat(self.retain_mask[None], num_models, axis=0)
+    self.train_masks[:, self.candidates] = self.keep                      # originals: R + own candidates
 
   @property
   def num_models(self) -> int:
     return self.keep.shape[0]
 
   def digest(self) -> str:
-    return fingerprint.array_digest(self.candidates, self.keep)
+    subset = (np.flatnonzero(self.retain_mask),) if self.retain_size else ()  # old plans: same digest
+    return fingerprint.array_digest(self.candidates, self.keep, *subset)
 
 
 def plan(config, num_train: int, acfg=None) -> Plan:
   """The audit's `Plan` (candidates, membership, training masks) for `config.audit` and `num_train`."""
   acfg = acfg or audit_config(config)
   c = int(acfg.candidates) or 2 * int(config.forget.num_samples)
-  return Plan(num_train, int(acfg.num_models), c, int(config.seed) + int(acfg.seed_offset))
+  return Plan(num_train, int(acfg.num_models), c, int(config.seed) + int(acfg.seed_offset),
+              int(acfg.get("retain_size", 0)))
 
 
 def population_recipe(config, acfg=None) -> dict:
@@ -262,9 +278,11 @@ def scores(phi_unlearned, phi_reference, keep, *, seed: int, n_bootstrap: int = 
           "_roc": (u["fpr"], u["tpr"])}
 
 
-def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+def run(config, workdir: str, log: Callable[[str], None] = print, summary: bool = True) -> dict:
   """`launch.audit`: trains/reuses the original and reference retrain populations, applies
-  `config.method` to every member, writes audit.json (module docstring); returns its content."""
+  `config.method` to every member, writes audit.json (module docstring); returns its content.
+  `summary`: also write it as W/metrics.json (the launcher's summary; `launch.experiment`, which
+  runs one audit per method for the population metrics, does not)."""
   method = str(config.method)
   _, acfg = validate(config, workdir)  # every check before any training
   t_start = time.time()
@@ -325,7 +343,8 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         "steps_per_epoch": orig.steps_per_epoch, "per_member": per_member,
         "wall_s": time.time() - t_start, "roc_png": roc}
     atomic_write_json(os.path.join(rdir, "audit.json"), result)
-    atomic_write_json(os.path.join(os.path.abspath(workdir), "metrics.json"), result)
+    if summary:
+      atomic_write_json(os.path.join(os.path.abspath(workdir), "metrics.json"), result)
   lo, hi = out["ulira_auc_ci"]
   log(f"[audit {method}] U-LiRA AUC {out['ulira_auc']:.3f} [{lo:.3f}, {hi:.3f}], acc {out['ulira_acc']:.3f}; "
       f"forgetting score {out['forget_quality']:.3f}, final {out['final_score']:.3f} (N={n})")

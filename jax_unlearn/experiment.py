@@ -15,7 +15,7 @@ import os
 import time
 from typing import Callable
 
-from jax_unlearn import api, metrics
+from jax_unlearn import api, audit, metrics
 from jax_unlearn import config as config_lib
 from jax_unlearn import methods as methods_lib
 from jax_unlearn.errors import CheckpointError, ConfigError
@@ -77,7 +77,19 @@ def _missing_columns(row: dict) -> list[str]:
   return [k for k in table.metric_keys() if k not in row]
 
 
-def _add_columns(row: dict, rdir: str, fp: str, original, get_suite, config, log) -> dict | None:
+def _population_columns(config, workdir: str, method: str, names: tuple[str, ...], log) -> dict:
+  """The columns of the population metrics `names` (`metrics.base.register_population`) for `method`,
+  from its per-example audit (`jax_unlearn.audit.run`: trains or reuses the populations in W/audit/,
+  resumable; writes W/runs/<forget tag>_seed<s>/<method>/audit.json). {} when `names` is empty."""
+  if not names:
+    return {}
+  c = config.copy_and_resolve_references()
+  c.method = method
+  result = audit.run(c, workdir, log, summary=False)
+  return {k: result.get(k) for n in names for k in metrics.spec(n).keys}
+
+
+def _add_columns(row: dict, rdir: str, fp: str, original, get_suite, config, log, workdir) -> dict | None:
   """A cached row that predates a newly registered metric column: the metrics owning the missing
   columns (and configured in `config.metrics.names`) are evaluated on the method's saved model
   (`rdir/final`); every other field, the wall time and info are kept. None (run the method again)
@@ -95,6 +107,7 @@ def _add_columns(row: dict, rdir: str, fp: str, original, get_suite, config, log
   log(f"[experiment] {row['method']}: cached row lacks {', '.join(missing)}; evaluating "
       f"{', '.join(owners) or 'nothing (not configured)'} on its saved model")
   m = get_suite(owners)(variables) if owners else {}
+  m.update(_population_columns(config, workdir, row["method"], metrics.population_names(owners), log))
   row = {**row, **{k: m.get(k) for k in missing}}
   atomic_write_json(os.path.join(rdir, "row.json"), row)
   return row
@@ -108,6 +121,11 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   seeds = tuple(int(s) for s in config.seeds) or (int(config.seed),)
   # Everything is checked before any work starts: every method's and metric's settings.
   config_lib.validate(config, workdir, tuple(dict.fromkeys(methods + ("retrain",))), with_metrics=True)
+  if metrics.population_names(metrics.resolve_config(config)[0].names):
+    for method in methods:  # the audit's own checks (config.audit), before any training
+      c = config.copy_and_resolve_references()
+      c.method = method
+      audit.validate(c, workdir)
   workdir = os.path.abspath(workdir)
   order = {n: i for i, n in enumerate(methods_lib.names())}
   rows = []
@@ -124,6 +142,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
       log("[experiment] retrain model (gold standard)")
       retrain, retrain_wall = api.run_method(setup, workdir, "retrain", original, log)
       suites = {}
+      population = metrics.population_names(metrics.resolve_config(cfg)[0].names)
 
       def get_suite(names=None):
         """The metric suite (built once), or one restricted to `names` (new columns of cached rows)."""
@@ -143,7 +162,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         rdir = api.run_dir(cfg, workdir, method)
         row = _load_row(os.path.join(rdir, "row.json"), fp)
         if row is not None and _missing_columns(row):
-          row = _add_columns(row, rdir, fp, original, get_suite, cfg, log)
+          row = _add_columns(row, rdir, fp, original, get_suite, cfg, log, workdir)
         if row is not None:
           log(f"[experiment] {i + 1}/{len(methods)} {method}: cached")
           rows.append(row)
@@ -158,6 +177,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
         checkpoint.save_variables(os.path.join(rdir, "final"), result.variables,
                                   {"method": method, "fingerprint": fp, "model": api.model_config(cfg)})
         m = get_suite()(result.variables)
+        m.update(_population_columns(cfg, workdir, method, population, log))
         row = {"method": method, "forget_classes": [int(c) for c in cfg.forget.classes]
                if cfg.forget.mode != "random" else [], "seed": seed,
                **{k: m.get(k) for k in table.metric_keys()}, "wall_s": wall,

@@ -15,6 +15,7 @@ import pytest
 
 from jax_unlearn import audit, data
 from jax_unlearn.errors import ConfigError
+from jax_unlearn.train import fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +39,21 @@ def test_plan_puts_each_candidate_in_half_the_members_and_everything_else_in_all
   assert pl.digest() == again.digest() != audit.Plan(300, 8, 40, 8).digest()
   with pytest.raises(ConfigError, match="fewer candidates"):
     audit.Plan(40, 8, 40, 0)
+
+
+def test_plan_retain_subset_keeps_candidates_and_membership_and_shrinks_r():
+  full, sub = audit.Plan(300, 8, 40, 7), audit.Plan(300, 8, 40, 7, retain_size=100)
+  np.testing.assert_array_equal(sub.candidates, full.candidates)   # the same draw of C and keep
+  np.testing.assert_array_equal(sub.keep, full.keep)
+  assert sub.retain_mask.sum() == 100 and not sub.retain_mask[sub.candidates].any()
+  np.testing.assert_array_equal(sub.train_masks[:, sub.candidates], sub.keep)
+  others = np.setdiff1d(np.arange(300), sub.candidates)
+  np.testing.assert_array_equal(sub.train_masks[:, others], np.repeat(sub.retain_mask[None, others], 8, 0))
+  assert (sub.train_masks.sum(1) == 100 + sub.keep.sum(1)).all()
+  assert full.digest() == fingerprint.array_digest(full.candidates, full.keep)  # unchanged for R = all
+  assert sub.digest() != full.digest() != audit.Plan(300, 8, 40, 7, retain_size=99).digest()
+  with pytest.raises(ConfigError, match="retain_size"):
+    audit.Plan(300, 8, 40, 7, retain_size=261)
 
 
 def test_member_data_forgets_exactly_the_members_own_candidates():
@@ -149,3 +165,43 @@ def test_launch_audit_end_to_end_and_a_killed_method_population_resumes_exactly(
   orig = _launch(w, "original")
   assert orig.returncode == 0, orig.stderr[-3000:]
   assert _audit_json(w, "original")["num_models"] == 6
+
+
+def _tiny_table_config(names):
+  c = _config(num_models=6, epochs=2, milestones=())
+  c.model.width = 0.125
+  c.forget.num_samples = 10
+  c.train.update(epochs=2, milestones=())
+  c.methods = "original,retrain"
+  c.metrics.names = names
+  return c
+
+
+def test_population_metrics_are_table_columns_from_each_methods_audit(tmp_path):
+  """`config.metrics.names` with `ulira`/`forget_quality`: `launch.experiment` runs each method's
+  audit and its row carries the audit's figures; results.md shows the columns only then."""
+  from jax_unlearn import experiment
+  c = _tiny_table_config("acc,ulira,forget_quality")
+  out = experiment.run(c, str(tmp_path), log=lambda s: None)
+  rows = {r["method"]: r for r in out["rows"]}
+  for method in ("original", "retrain"):
+    a = _audit_json(tmp_path, method)
+    for k in ("ulira_auc", "ulira_tpr_at_1pct_fpr", "ulira_acc", "forget_quality", "final_score"):
+      assert rows[method][k] == a[k] and np.isfinite(a[k]), (method, k)
+    assert a["num_models"] == 6
+  assert not os.path.exists(tmp_path / "metrics.json")  # the audits' launcher summary is not written
+  md = (tmp_path / "results.md").read_text()
+  assert "U-LiRA AUC" in md and "Forget score F" in md
+  plain = experiment.run(_tiny_table_config("acc"), str(tmp_path / "plain"), log=lambda s: None)
+  assert all(r["ulira_auc"] is None for r in plain["rows"])
+  assert "U-LiRA" not in (tmp_path / "plain" / "results.md").read_text()
+  assert not os.path.exists(tmp_path / "plain" / "audit")
+
+
+def test_population_metrics_need_random_forgetting(tmp_path):
+  from jax_unlearn import experiment
+  c = _tiny_table_config("acc,ulira")
+  c.forget.update(mode="class", classes=(3,))
+  with pytest.raises(ConfigError, match="needs random forgetting"):
+    experiment.run(c, str(tmp_path), log=lambda s: None)
+  assert not os.listdir(tmp_path) or os.listdir(tmp_path) == [".lock"]

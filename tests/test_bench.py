@@ -78,3 +78,17 @@ def test_sweep_vs_sequential_reports_speedup(tiny):
   assert out["vmap_matmul_conv_gflop_per_s"] / out["sequential_gflop_per_s"] == pytest.approx(
       out["vmap_matmul_conv_speedup_vs_sequential"])
   assert out["speedup_bound_at_matmul_peak"] == pytest.approx(100.0 / out["sequential_gflop_per_s"])
+
+
+def test_device_check_script_refuses_a_cpu_only_machine_with_one_line():
+  """bench/device_check.sh measures an accelerator; on a CPU-only JAX it stops at once (exit 2)."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHON=sys.executable)
+  r = subprocess.run(["bash", os.path.join(root, "bench", "device_check.sh"), "/nonexistent-not-used"],
+                     capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: JAX sees no accelerator"), r.stderr

@@ -24,7 +24,8 @@ def _get(name, arg=None):
 
 @pytest.mark.parametrize("name,arg", [("digits", None), ("digits", "random"), ("cifar20_vit", "subclass"),
                                       ("cifar100_resnet18", "ten"), ("fashion_mnist", None),
-                                      ("fashion_mnist", "random"), ("digits_audit", None)]
+                                      ("fashion_mnist", "random"), ("digits_audit", None),
+                                      ("fashion_mnist_audit", None)]
                          + [(p, None) for p in PAPER])
 def test_config_validates(name, arg):
   c = _get(name, arg)

@@ -184,3 +184,26 @@ def test_loop_safe_interceptor_replaces_the_phase_grad_conv():
   with conv.loop_safe_convs(), nn.intercept_methods(spy):
     m.apply(v, jnp.ones((2, 8, 8, 1)), train=True, mutable=["batch_stats"])
   assert len(seen) == 8 and all(c is conv.loop_safe_conv_general_dilated for c in seen)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_convs_as_gemms_switch(enabled):
+  """`conv.convs_as_gemms(flag)` installs the GEMM conv in every layer when the flag is set and leaves
+  the model's own conv otherwise; the logits agree to float32 rounding either way."""
+  import flax.linen as nn
+
+  from jax_unlearn.models import conv
+  m = models.AllCNN(num_classes=10, width=0.25)
+  v = models.init_variables(m, jax.random.key(0), (1, 8, 8, 1))
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+  seen = []
+
+  def spy(next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and isinstance(context.module, nn.Conv):
+      seen.append(context.module.conv_general_dilated)
+    return next_fun(*args, **kwargs)
+  with conv.convs_as_gemms(enabled), nn.intercept_methods(spy):
+    got = m.apply(v, x, train=False)
+  assert len(seen) == 8
+  assert all((c is conv.matmul_conv_general_dilated) == enabled for c in seen)
+  chex.assert_trees_all_close(got, m.apply(v, x, train=False), rtol=1e-4, atol=1e-5)

@@ -354,3 +354,12 @@ def test_config_errors(cnn, tmp_path):
     ssd.validate_config(_ctx(cnn, tmp_path, "ssd", mode="fisher").cfg)
   with pytest.raises(ConfigError, match="config.lfssd.alpha"):
     base.spec("lfssd").validate_config(_ctx(cnn, tmp_path, "lfssd", alpha=0.0).cfg, None)
+
+
+@pytest.mark.parametrize("alphas", [[], [0.0], [1.0, -1.0], [float("nan")], ["x"], np.array([2.0, 0.0])])
+def test_alpha_sweeps_reject_non_positive_alphas_before_any_work(alphas):
+  """Both entry points check the grid first (no context, no importances needed to fail)."""
+  with pytest.raises(ConfigError, match="alpha"):
+    ssd.select_alpha(None, alphas)
+  with pytest.raises(ConfigError, match="alpha"):
+    ssd.sweep_alpha(None, "ssd", None, None, alphas, 1.0)

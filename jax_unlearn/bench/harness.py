@@ -251,10 +251,12 @@ def run(size: str = "paper", reps: int = 3, torch_side: bool = True, sweep_bench
   `fast_cpu_kernels`: the JAX AllCNN's `config.model.fast_cpu_kernels` (the paper configs set it)."""
   sz = dict(SIZES[size], fast_cpu_kernels=bool(fast_cpu_kernels))
   res = {"size": size, "config": dict(sz), "reps": reps, "jax_version": jax.__version__,
-         "backend": jax.default_backend(), "devices": jax.device_count(), "cpus": os.cpu_count(),
+         "backend": jax.default_backend(), "devices": jax.device_count(),
+         "device_kind": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
          "machine": platform.machine(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
          "load_avg_start": _load()}
-  peak = matmul_peak()
+  # 2048^3 keeps a CPU busy for ~0.1 s; an accelerator needs a larger product to reach its peak.
+  peak = matmul_peak(2048 if jax.default_backend() == "cpu" else 8192)
   res["matmul_peak_gflop_per_s"] = peak
   log(f"matmul peak {peak:.1f} GFLOP/s (load {_load()})")
   ts = None

@@ -8,7 +8,6 @@ import functools
 import hashlib
 from typing import Any, Callable, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +17,7 @@ from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import DataError
 from jax_unlearn.methods._posterior import bgd_tx, epoch_order, forward
 from jax_unlearn.models import init_variables
-from jax_unlearn.models.conv import matmul_convs
+from jax_unlearn.models.conv import convs_as_gemms
 from jax_unlearn.optim.bgd import BGDState, bgd_expectations
 
 __all__ = ["kl_diag_gaussians", "kl_grads", "UNLEARNING_OBJECTIVES", "forget_step", "forget_chunk",
@@ -179,10 +178,7 @@ def forget_chunk(apply_fn, mean_eta, std_init, objective, num_samples, bn_mode, 
       return (q, bs), m
 
     ts = t0 + jnp.arange(labels.shape[0])
-    if matmul:
-      with nn.intercept_methods(matmul_convs):
-        (q, batch_stats), m = jax.lax.scan(body, (q, batch_stats), (ts, images, labels))
-    else:
+    with convs_as_gemms(matmul):
       (q, batch_stats), m = jax.lax.scan(body, (q, batch_stats), (ts, images, labels))
     return q, batch_stats, m
 

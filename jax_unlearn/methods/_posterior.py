@@ -19,7 +19,6 @@ import time
 import zlib
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +26,7 @@ import optax
 
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import CheckpointError, DataError
-from jax_unlearn.models.conv import matmul_convs
+from jax_unlearn.models.conv import convs_as_gemms
 from jax_unlearn.optim.bgd import BGDState, bgd, bgd_expectations
 from jax_unlearn.train import fingerprint
 from jax_unlearn.train.checkpoint import has_variables, load_variables, save_variables
@@ -76,10 +75,7 @@ def prepare_step(state: BGDState, batch_stats, key, images, labels, mean, std, *
     return bgd_expectations(loss_fn, state, key, num_samples, batch_size=labels.shape[0],
                             vectorize=vectorize)
 
-  if matmul:
-    with nn.intercept_methods(matmul_convs):
-      ex = expectations()
-  else:
+  with convs_as_gemms(matmul):
     ex = expectations()
   _, state = tx.update(ex.e_grad, state, None, e_grad_eps=ex.e_grad_eps)
   return state, ex.loss

@@ -33,7 +33,8 @@ from jax_unlearn.registry import Registry
 from jax_unlearn.train import supervised
 from jax_unlearn.train.evaluate import predict_logits
 
-__all__ = ["Column", "MetricSpec", "Evaluator", "Outputs", "MetricSuite", "register", "specs", "spec",
+__all__ = ["Column", "MetricSpec", "Evaluator", "Outputs", "MetricSuite", "register", "register_population",
+           "population_names", "specs", "spec",
            "names", "default_names", "columns", "result_keys", "default_config", "resolve_config",
            "discover", "unregister"]
 
@@ -56,6 +57,7 @@ class MetricSpec:
   order: float = 1000.0
   needs_retrain: bool = False
   in_default: bool = True
+  population: bool = False
 
 
 _REGISTRY: Registry[MetricSpec] = Registry("metric", __name__.rpartition(".")[0],
@@ -76,6 +78,24 @@ def register(name: str, *, columns: tuple[Column, ...], extra_keys: tuple[str, .
                              in_default=in_default))
     return cls
   return deco
+
+
+def register_population(name: str, *, columns: tuple[Column, ...], extra_keys: tuple[str, ...] = (),
+                        validate_config: Callable[[Any, Any], None] | None = None,
+                        order: float = 1000.0) -> None:
+  """Registers a *population* metric: it scores an unlearning method through a population of models
+  (the per-example privacy audit, `launch.audit`), not one model, so `MetricSuite` has no evaluator
+  for it; `launch.experiment` fills its columns from the method's audit when `config.metrics.names`
+  asks for it. Never in the default names (an audit trains populations of models)."""
+  keys = tuple(c[0] for c in columns) + tuple(extra_keys)
+  _REGISTRY.add(MetricSpec(name=name, evaluator=None, columns=tuple(columns), keys=keys,
+                           validate_config=validate_config, order=order, in_default=False,
+                           population=True))
+
+
+def population_names(metric_names: Any) -> tuple[str, ...]:
+  """The population metrics among `metric_names` (see `register_population`)."""
+  return tuple(n for n in parse_names(metric_names) if spec(n).population)
 
 
 # The registry's own methods as this module's functions.
@@ -153,7 +173,9 @@ def resolve_config(config: Any, problem: Any = None) -> tuple[ml_collections.Con
   cfg = merge(default_config(), given, prefix="metrics")
   cfg.names = parse_names(cfg.names)
   for n in cfg.names:
-    spec(n)
+    if spec(n).population and problem is not None and getattr(problem, "forget_mode", "random") != "random":
+      raise ConfigError(f"config.metrics.names has {n!r}, a per-example audit metric, which needs random "
+                        "forgetting (--config.forget.mode=random); leave it out of a class-forgetting table")
   for s in specs():
     if s.resolve is not None:
       s.resolve(cfg, recipe)
@@ -227,7 +249,7 @@ class MetricSuite:
     self.evaluators = {}
     for name in self.cfg.names:
       s = spec(name)
-      if s.needs_retrain and retrain_vars is None:
+      if s.population or (s.needs_retrain and retrain_vars is None):
         continue
       self.evaluators[name] = s.evaluator(self)
 

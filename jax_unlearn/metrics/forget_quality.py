@@ -51,6 +51,7 @@ from numpy.typing import ArrayLike
 
 from jax_unlearn.errors import DataError
 from jax_unlearn.metrics._callable import make_callable
+from jax_unlearn.metrics.base import register_population
 
 __all__ = ["forget_quality", "DELTA", "EPSILON_CAP", "NUM_THRESHOLDS_PER_UNIT", "BUCKET_SIZE",
            "per_example_epsilons", "epsilon_bucket_points", "forget_quality_from_epsilons", "final_score"]
@@ -249,3 +250,9 @@ def final_score(forget_quality_value: float, ra_u: ArrayLike, ra_r: ArrayLike, t
 
 
 make_callable(__name__)
+
+
+# Table columns through `launch.audit` (`--config.metrics.names=acc,...,forget_quality`, random forgetting).
+register_population("forget_quality", columns=(("forget_quality", "Forget score F", "{:.3f}"),
+                                               ("final_score", "Final score", "{:.3f}")), order=90)
+

@@ -52,6 +52,7 @@ from numpy.typing import ArrayLike
 
 from jax_unlearn.errors import DataError
 from jax_unlearn.metrics._callable import make_callable
+from jax_unlearn.metrics.base import register_population
 from jax_unlearn.metrics.lira import fit_gaussians, gaussian_logpdf, roc_metrics
 
 __all__ = ["ulira", "ulira_from_populations", "clopper_pearson"]
@@ -250,3 +251,10 @@ def ulira_from_populations(unlearned_scores: ArrayLike, forget_mask: ArrayLike, 
 
 
 make_callable(__name__)
+
+
+# A table column through `launch.audit` (`--config.metrics.names=acc,...,ulira`, random forgetting).
+register_population("ulira", columns=(("ulira_auc", "U-LiRA AUC", "{:.3f}"),
+                                      ("ulira_tpr_at_1pct_fpr", "U-LiRA TPR@1%FPR", "{:.4f}")),
+                    extra_keys=("ulira_acc", "ulira_tpr_at_01pct_fpr"), order=80)
+

@@ -274,6 +274,12 @@ matmul_convs = _interceptor(matmul_conv_general_dilated)
 """Interceptor: every plain `nn.Conv` applied under it uses `matmul_conv_general_dilated`."""
 
 
+def convs_as_gemms(enabled: bool = True) -> contextlib.AbstractContextManager:
+  """`with convs_as_gemms(flag):` every plain `nn.Conv` applied inside runs as `matmul_conv` when
+  `flag` is true (a config switch such as `distruction.matmul_convs`), unchanged otherwise."""
+  return nn.intercept_methods(matmul_convs) if enabled else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def loop_safe_convs():
   """Within this context every `nn.Conv` applied uses `loop_safe_conv_general_dilated`."""

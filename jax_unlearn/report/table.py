@@ -42,9 +42,16 @@ def row_keys() -> tuple[str, ...]:
   return ("method", "forget_classes", "seed", *metric_keys(), "wall_s", "ain_reached")
 
 
-def table_columns() -> tuple:
-  """(key, column title, format) of every registered metric, then the wall time."""
-  return (*metrics.columns(), ("wall_s", "Time (s)", "{:.1f}"))
+def table_columns(rows: list[dict] | None = None) -> tuple:
+  """(key, column title, format) of every registered metric, then the wall time. Given `rows`, a
+  population metric's columns (the privacy audit's, `metrics.base.register_population`) only when a
+  row has a value for them: they are opt-in and would be empty in every other table."""
+  cols = []
+  for s in metrics.specs():
+    for c in s.columns:
+      if not s.population or rows is None or any(np.isfinite(_num(r.get(c[0]))) for r in rows):
+        cols.append(c)
+  return (*cols, ("wall_s", "Time (s)", "{:.1f}"))
 
 
 def _num(x):
@@ -76,7 +83,7 @@ def markdown_table(rows: list[dict], title: str = "", forget_mode: str = "class"
   paired comparisons. With `forget_mode='random'` the forget accuracy and KL are on the forget
   *training* samples (there are no forget test samples), and the headers say so."""
   random_mode = forget_mode == "random"
-  cols = table_columns()
+  cols = table_columns(rows)
   titles = {k: t.replace("D_f test", "D_f train") if random_mode else t for k, t, _ in cols}
   groups: dict[tuple, list[dict]] = {}
   for r in rows:

@@ -98,6 +98,9 @@ def default_config() -> ml_collections.ConfigDict:
     N/2 members in each role, the forgetting score needs >= 3 per side).
   candidates: random forgetting: |C|, the examples whose membership varies (0 = 2 x
     config.forget.num_samples, so each member forgets num_samples of them on average).
+  retain_size: 0 = every other training example is in every member (R = train minus C); > 0 = R is
+    a seeded random subset of that many of them (LiRA-style populations on part of a large training
+    set, so that N members fit a CPU budget; the excluded examples are in no member).
   epochs, milestones: the populations' training budget (None: config.train's).
   layout: 'auto' | 'vmap' | 'sequential' | 'chunks:<k>' (module docstring).
   conv: 'auto' | 'loop_safe' | 'matmul' | 'xla'.
@@ -107,7 +110,7 @@ def default_config() -> ml_collections.ConfigDict:
   eval_batch_size: inference batch of the populations' logits.
   """
   return ml_collections.ConfigDict(dict(
-      num_models=16, candidates=0, epochs=config_dict.placeholder(int),
+      num_models=16, candidates=0, retain_size=0, epochs=config_dict.placeholder(int),
       milestones=config_dict.placeholder(tuple), layout="auto", conv="auto", checkpoint_every=5,
       seed_offset=2000, shard=True, eval_batch_size=512))
 
@@ -151,7 +154,7 @@ def validate_config(cfg) -> None:
                       "--config.audit.num_models=16")
   parse_layout(cfg.layout, n, "cpu")
   resolve_conv(cfg.conv, 2)
-  for f in ("candidates", "checkpoint_every", "seed_offset"):
+  for f in ("candidates", "retain_size", "checkpoint_every", "seed_offset"):
     if int(cfg[f]) < 0:
       raise ConfigError(f"config.audit.{f} must be >= 0, got {cfg[f]}")
   if cfg.epochs is not None and int(cfg.epochs) < 1:
