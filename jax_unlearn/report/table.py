@@ -42,7 +42,7 @@ def row_keys() -> tuple[str, ...]:
   return ("method", "forget_classes", "seed", *metric_keys(), "wall_s", "ain_reached")
 
 
-def table_columns() -> tuple:
+def table_columns() -> tuple[tuple[str, str, str], ...]:
   """(key, column title, format) of every registered metric, then the wall time."""
   return (*metrics.columns(), ("wall_s", "Time (s)", "{:.1f}"))
 
