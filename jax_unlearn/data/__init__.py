@@ -15,6 +15,8 @@ Images are float32 in [0,1] on the host; `normalize` is applied on device, after
 (as torchvision's ToTensor + Normalize in the reference code).
 """
 
+from __future__ import annotations
+
 from jax_unlearn.data.augment import augment
 from jax_unlearn.data.dataset import (
   DataInfo,
@@ -40,7 +42,7 @@ from jax_unlearn.data import digits, tfds_data, idx, arrays  # noqa: E402,F401  
 from jax_unlearn.data.arrays import from_arrays, register_arrays, unregister_arrays  # noqa: E402
 
 
-def __getattr__(attr: str):
+def __getattr__(attr: str) -> tuple[str, ...]:
   # `DATASETS` was a fixed tuple; it is now derived from the registry on every access, so names
   # registered later (register_arrays) appear in it too.
   if attr == "DATASETS":

@@ -19,6 +19,7 @@ import os
 import zipfile
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jax_unlearn.data.dataset import DataInfo, Split, _get, channel_stats
 from jax_unlearn.data.registry import Source, lookup, register, unregister
@@ -78,8 +79,8 @@ def _labels(y, key: str, where: str, n: int, images_key: str) -> np.ndarray:
   return y.astype(np.int32)
 
 
-def from_arrays(x_train, y_train, x_test, y_test, name: str = "arrays",
-                num_classes: int | None = None,
+def from_arrays(x_train: ArrayLike, y_train: ArrayLike, x_test: ArrayLike, y_test: ArrayLike,
+                name: str = "arrays", num_classes: int | None = None,
                 class_names: tuple[str, ...] = ()) -> tuple[DataInfo, Split, Split]:
   """(info, train, test) from numpy (or jax) arrays, checked; see the module docstring.
 
@@ -170,7 +171,8 @@ register(Source(
     summary=f"your own arrays: an .npz at --config.dataset.path with keys {_KEYS_TEXT}"))
 
 
-def register_arrays(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None,
+def register_arrays(name: str, x_train: ArrayLike, y_train: ArrayLike, x_test: ArrayLike,
+                    y_test: ArrayLike, num_classes: int | None = None,
                     class_names: tuple[str, ...] = ()) -> DataInfo:
   """Register in-memory arrays as dataset `name`, so `config.dataset.name = name` loads them.
 

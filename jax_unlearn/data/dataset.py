@@ -20,12 +20,13 @@ from typing import Any
 import ml_collections
 import numpy as np
 from ml_collections import config_dict
+from numpy.typing import ArrayLike
 
 from jax_unlearn.data.registry import Source, lookup, sources
 from jax_unlearn.errors import ConfigError, DataError
 
 
-def common_config() -> dict:
+def common_config() -> dict[str, Any]:
   """`config.dataset` fields every source may read; each source adds its own (`default_config`).
 
   augment: None keeps the source's choice (CIFAR yes, the others no); True/False overrides it. A
@@ -47,7 +48,7 @@ class Split:
   labels: np.ndarray
   fine_labels: np.ndarray | None = None
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if len(self.images) != len(self.labels) or (
         self.fine_labels is not None and len(self.fine_labels) != len(self.labels)):
       raise ValueError(f"Split arrays disagree in length: images {len(self.images)}, labels "
@@ -57,7 +58,7 @@ class Split:
   def __len__(self) -> int:
     return len(self.labels)
 
-  def subset(self, selection) -> "Split":
+  def subset(self, selection: ArrayLike) -> Split:
     """The rows picked by a boolean mask [N] or an integer index array (copies, as numpy does)."""
     selection = np.asarray(selection)
     if selection.dtype == bool and selection.shape != (len(self),):
@@ -166,7 +167,7 @@ def _with_augment(info: DataInfo, dataset_cfg) -> DataInfo:
   return dataclasses.replace(info, augment=bool(augment))
 
 
-def dataset_info(dataset_cfg_or_name) -> DataInfo:
+def dataset_info(dataset_cfg_or_name: ml_collections.ConfigDict | dict[str, Any] | str) -> DataInfo:
   """The `DataInfo` of a dataset, for validating a config before any work starts.
 
   Takes `config.dataset` or a plain name (the name with every other field at its default: enough
@@ -268,7 +269,7 @@ def _check_loaded(source: Source, info: DataInfo, train: Split, test: Split) -> 
                       f"0..{info.num_classes - 1}; the {source.name} source is broken")
 
 
-def load_dataset(dataset_cfg, seed: int) -> Dataset:
+def load_dataset(dataset_cfg: ml_collections.ConfigDict | dict[str, Any] | str, seed: int) -> Dataset:
   """Load `dataset_cfg.name` and split its training data 80/20 into train/val with `seed`.
 
   `dataset_cfg` (= config.dataset, or a plain name) fields: name, data_dir ('' = the source's

@@ -25,7 +25,9 @@ import hashlib
 import os
 import struct
 import zlib
+from typing import Any
 
+import ml_collections
 import numpy as np
 
 from jax_unlearn.data.dataset import DataInfo, Split, _get, channel_stats
@@ -199,7 +201,8 @@ def _fashion_fix(dataset_cfg) -> str:
   return "download the official Fashion-MNIST file again (or apt-get install dataset-fashion-mnist)"
 
 
-def load_fashion_mnist(dataset_cfg=None) -> tuple[DataInfo, Split, Split]:
+def load_fashion_mnist(dataset_cfg: ml_collections.ConfigDict | dict[str, Any] | None = None
+                       ) -> tuple[DataInfo, Split, Split]:
   """(info, the 60 000 training images, the 10 000 test images) of Fashion-MNIST, checksummed."""
   dataset_cfg = {} if dataset_cfg is None else dataset_cfg
   paths = _fashion_files(dataset_cfg)
@@ -259,7 +262,7 @@ def _idx_info(dataset_cfg, arrays=None, paths=None) -> DataInfo:
                   augment=False)
 
 
-def load_idx(dataset_cfg) -> tuple[DataInfo, Split, Split]:
+def load_idx(dataset_cfg: ml_collections.ConfigDict | dict[str, Any]) -> tuple[DataInfo, Split, Split]:
   """(info, train, test) from the four IDX files in `dataset_cfg.data_dir` (classes: max label+1)."""
   paths, arrays = _idx_read(dataset_cfg, FILES)
   (train_x, train_y), (test_x, test_y) = _splits(arrays, paths, "replace it with a complete copy")

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
+import ml_collections
 import numpy as np
 
 from jax_unlearn.data.dataset import DataInfo, Dataset, Split, _get
@@ -94,7 +96,8 @@ def _classes(forget_cfg, info: DataInfo, mode: str) -> tuple[int, ...]:
   return tuple(out)
 
 
-def validate_forget(forget_cfg, info: DataInfo, num_train: int | None = None) -> tuple[int, ...]:
+def validate_forget(forget_cfg: ml_collections.ConfigDict | dict[str, Any], info: DataInfo,
+                    num_train: int | None = None) -> tuple[int, ...]:
   """Check `config.forget` against the dataset; return the forget classes as a tuple of ints.
 
   Raises ConfigError (message naming the fix) for an unknown mode, empty/out-of-range/duplicate
@@ -140,7 +143,8 @@ def validate_forget(forget_cfg, info: DataInfo, num_train: int | None = None) ->
   return classes
 
 
-def make_unlearn_data(dataset: Dataset, forget_cfg, seed: int) -> UnlearnData:
+def make_unlearn_data(dataset: Dataset, forget_cfg: ml_collections.ConfigDict | dict[str, Any],
+                      seed: int) -> UnlearnData:
   """Forget masks on train/val/test for `config.forget` (validated first); see the module doc."""
   classes = validate_forget(forget_cfg, dataset.info, num_train=len(dataset.train))
   mode = _get(forget_cfg, "mode", "class")

@@ -27,6 +27,7 @@ tfds traps handled here (checked on tfds 4.9.10):
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def _first_line(err: BaseException) -> str:
   return f"{type(err).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
-def open_source(name: str, split: str, data_dir: str = "", download: bool = False):
+def open_source(name: str, split: str, data_dir: str = "", download: bool = False) -> Any:
   """`tfds.data_source` for one split, with tfds' failures turned into a `DataError`."""
   import tensorflow_datasets as tfds
   where = data_dir or "the default tfds data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
@@ -121,7 +122,7 @@ def _records(source, keys):
     return [source[k] for k in keys]
 
 
-def read_split(source, label_key: str, fine_key: str | None, name: str = "",
+def read_split(source: Any, label_key: str, fine_key: str | None, name: str = "",
                image_key: str = "image") -> Split:
   """Read every record of a data source into a `Split` (uint8 -> float32 / 255, as ToTensor)."""
   n = len(source)

@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jax_unlearn.errors import ConfigError
 from jax_unlearn.models import adapters
@@ -34,7 +35,7 @@ __all__ = ["AllCNN", "ResNet18", "ViT", "DFQGenerator", "ZSKTGenerator", "BatchN
            "Model", "as_model", "require"]
 
 
-def create_classifier(model_cfg: Any, num_classes: int) -> nn.Module:
+def create_classifier(model_cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """Builds the classifier named `model_cfg.name` ('allcnn' | 'resnet18' | 'vit').
 
   `model_cfg.bn_running_var` ('unbiased', the default, or 'biased') is the BN running-variance update

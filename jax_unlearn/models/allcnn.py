@@ -7,6 +7,7 @@ has the same structure).
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jax_unlearn.models import conv as conv_lib
@@ -34,7 +35,8 @@ class AllCNN(ConvClassifier):
   stem_stride: int = 1
 
   @nn.compact
-  def __call__(self, x, train: bool = False, mask=None, features: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False, mask: jax.Array | None = None,
+               features: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     c1, c2 = max(1, round(96 * self.width)), max(1, round(192 * self.width))
     spec = [(c1, 3, self.stem_stride), (c1, 3, 1), (c2, 3, 2), (c2, 3, 1), (c2, 3, 1), (c2, 3, 2), (c2, 3, 1),
             (c2, 1, 1)]

@@ -13,10 +13,12 @@ Both are drop-ins for `lax.conv_general_dilated` (`nn.Conv(conv_general_dilated=
 plain `nn.Conv` a model applies.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -71,7 +73,8 @@ def _loop_safe_conv_bwd(strides, padding, res, dy):
 _CHUNK_MIN_ELEMENTS = 1 << 22
 
 
-def conv_weight_grad(x, dy, kernel_size, strides, padding, chunks: int | None = None):
+def conv_weight_grad(x: jax.Array, dy: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
+                     padding: Sequence[tuple[int, int]], chunks: int | None = None) -> jax.Array:
   """dL/dw of an NHWC x HWIO convolution, as one batched GEMM per kernel tap.
 
   dw[i, j] = Σ_{n,h,w} x_pad[n, i + s·h, j + s·w, :]ᵀ dy[n, h, w, :] — a [cin, cout] matmul contracting
@@ -123,7 +126,8 @@ loop_safe_conv.defvjp(_conv_fwd, _loop_safe_conv_bwd)
 # (BUILD_NOTES "Performance (issue 7)"). As im2col + `dot_general` the same conv becomes a *batched*
 # matmul under vmap (one Eigen GEMM per member), and its gradients are slices, pads and matmuls.
 
-def matmul_conv(x, w, strides, padding):
+def matmul_conv(x: jax.Array, w: jax.Array, strides: Sequence[int],
+                padding: Sequence[tuple[int, int]]) -> jax.Array:
   """NHWC x HWIO convolution (explicit padding pairs) as im2col (k·k strided slices, concatenated)
   and one contraction. Patch features are ordered (kh, kw, cin), the row-major order of an HWIO kernel
   reshaped to [kh·kw·cin, cout]."""
@@ -159,7 +163,8 @@ def _phase_taps(n_in, k, s, lo, r):
   return taps, count, (min((r + lo - t) // s for t in taps) if taps else 0)
 
 
-def strided_conv_input_grad(dy, w, x_shape, strides, padding):
+def strided_conv_input_grad(dy: jax.Array, w: jax.Array, x_shape: tuple[int, ...], strides: Sequence[int],
+                            padding: Sequence[tuple[int, int]]) -> jax.Array:
   """dx of `lax.conv_general_dilated(x, w, strides, padding)` (NHWC, HWIO, explicit padding pairs) as
   s_h * s_w stride-1 convolutions of `dy`, one per output phase, interleaved."""
   n, h, wd, cin = x_shape
@@ -189,7 +194,8 @@ def strided_conv_input_grad(dy, w, x_shape, strides, padding):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def phase_grad_conv(x, w, strides, padding):
+def phase_grad_conv(x: jax.Array, w: jax.Array, strides: Sequence[int],
+                    padding: Sequence[tuple[int, int]]) -> jax.Array:
   """`lax.conv_general_dilated(x, w, strides, padding)` (NHWC, HWIO, explicit padding pairs) with dx
   from `strided_conv_input_grad`; dw is XLA's own."""
   return _conv(x, w, strides, padding)
@@ -240,12 +246,14 @@ def loop_safe_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_stride
   return _dispatch(loop_safe_conv, lhs, rhs, window_strides, padding, *args, **kwargs)
 
 
-def matmul_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+def matmul_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                                padding: Any, *args: Any, **kwargs: Any) -> jax.Array:
   """Drop-in for `lax.conv_general_dilated`: plain 2-D NHWC convolutions go through `matmul_conv`."""
   return _dispatch(matmul_conv, lhs, rhs, window_strides, padding, *args, **kwargs)
 
 
-def phase_grad_conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+def phase_grad_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                                    padding: Any, *args: Any, **kwargs: Any) -> jax.Array:
   """Drop-in for `lax.conv_general_dilated`: plain strided 2-D NHWC convolutions go through
   `phase_grad_conv` (input gradient without the dilation zeros); everything else is `lax`'s. Models
   take it with `fast_cpu_kernels=True`; the loop-safe and matmul interceptors replace it like a plain
@@ -281,7 +289,7 @@ def convs_as_gemms(enabled: bool = True) -> contextlib.AbstractContextManager:
 
 
 @contextlib.contextmanager
-def loop_safe_convs():
+def loop_safe_convs() -> Iterator[None]:
   """Within this context every `nn.Conv` applied uses `loop_safe_conv_general_dilated`."""
   with nn.intercept_methods(_loop_safe_convs):
     yield
@@ -294,6 +302,6 @@ class with_loop_safe_convs:  # noqa: N801 (used like a function: `with_loop_safe
   `apply_fn`, so jitted steps taking the state as an argument keep their cache."""
   apply_fn: Callable
 
-  def __call__(self, *args, **kwargs):
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
     with nn.intercept_methods(_loop_safe_convs):
       return self.apply_fn(*args, **kwargs)

@@ -57,7 +57,7 @@ class DFQGenerator(nn.Module):
   channels: int = 3
 
   @nn.compact
-  def __call__(self, z, train: bool = True):
+  def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
     return nn.sigmoid(_trunk(z, train, width=4 * self.ngf, ngf=self.ngf, img_size=self.img_size,
                              channels=self.channels, conv_bias=False))
 
@@ -70,12 +70,12 @@ class ZSKTGenerator(nn.Module):
   channels: int = 3
 
   @nn.compact
-  def __call__(self, z, train: bool = True):
+  def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
     x = _trunk(z, train, width=2 * self.ngf, ngf=self.ngf, img_size=self.img_size,
                channels=self.channels, conv_bias=True)
     return _bn(train)(x)
 
 
-def sample_z(key, batch_size: int, nz: int) -> jnp.ndarray:
+def sample_z(key: jax.Array, batch_size: int, nz: int) -> jnp.ndarray:
   """z ~ N(0, I), the generators' noise."""
   return jax.random.normal(key, (batch_size, nz))

@@ -6,6 +6,7 @@ Reference: `ChildEden/ISPF datafree/models/classifiers/resnet.py`.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jax_unlearn.models import conv as conv_lib
@@ -25,7 +26,7 @@ class BasicBlock(nn.Module):
   bn_running_var: str = "unbiased"
 
   @nn.compact
-  def __call__(self, x, train: bool, mask=None):
+  def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
     bn = lambda: BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels,  # noqa: E731
                            running_var=self.bn_running_var)
     fast = self.fast_cpu_kernels
@@ -40,7 +41,8 @@ class ResNet18(ConvClassifier):
   """CIFAR ResNet18. Same call signature as `AllCNN`; 20 BN layers; features are 512-d.
   `fast_cpu_kernels`, `bn_running_var`: see `AllCNN`."""
   @nn.compact
-  def __call__(self, x, train: bool = False, mask=None, features: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False, mask: jax.Array | None = None,
+               features: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     base = max(1, round(64 * self.width))
     x = nn.relu(BatchNorm(use_running_average=not train, dot_stats=self.fast_cpu_kernels,
                           running_var=self.bn_running_var)(_conv(base, 3, 1)(x), mask=mask))

@@ -8,6 +8,7 @@ It has no BatchNorm: `mask` is accepted for interface parity and ignored.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -17,7 +18,7 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     y = nn.LayerNorm()(x)
     x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(y, y)
     y = nn.LayerNorm()(x)
@@ -35,7 +36,8 @@ class ViT(nn.Module):
   mlp_dim: int = 384
 
   @nn.compact
-  def __call__(self, x, train: bool = False, mask=None, features: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False, mask: jax.Array | None = None,
+               features: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     del train, mask
     n, h, w, _ = x.shape
     if h % self.patch or w % self.patch:

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from numpy.typing import ArrayLike  # noqa: E402
 
 _PANELS = (
     ("forget_synthesis_rate", "forget-class synthesis rate", 100.0, "% of generated samples"),
@@ -44,7 +45,8 @@ def _series(records: Sequence[dict], key: str, scale: float):
   return xs, ys
 
 
-def plot_diagnostics(runs: Mapping[str, Sequence[dict]], out_png: str, forget_classes=()) -> str:
+def plot_diagnostics(runs: Mapping[str, Sequence[dict]], out_png: str,
+                     forget_classes: Sequence[int] = ()) -> str:
   """Writes the Figure-2-style panel for `runs` = {strategy name: diagnostics records} to `out_png`."""
   fig, axes = plt.subplots(1, len(_PANELS), figsize=(4.2 * len(_PANELS), 3.4))
   for ax, (key, title, scale, ylabel) in zip(axes, _PANELS):
@@ -70,7 +72,7 @@ def plot_diagnostics(runs: Mapping[str, Sequence[dict]], out_png: str, forget_cl
   return out_png
 
 
-def save_sample_grid(images, out_png: str, ncols: int = 8, title: str | None = None) -> str:
+def save_sample_grid(images: ArrayLike, out_png: str, ncols: int = 8, title: str | None = None) -> str:
   """Saves [N, H, W, C] images in [0, 1] (C = 1 or 3) as one PNG grid."""
   images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
   n, h, w, c = images.shape

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jax_unlearn.io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:  # annotations only: the report layer does not import the methods at run time
+  from jax_unlearn.methods.base import UnlearnResult
 
 __all__ = ["write", "write_kl_curve"]
 
 
-def write_kl_curve(workdir: str, lams, kl_history, name: str = "distruction_kl",
+def write_kl_curve(workdir: str, lams: Sequence[float], kl_history: ArrayLike, name: str = "distruction_kl",
                    chosen: tuple[int, int] | None = None) -> tuple[str, str]:
   """KL(q‖p) vs forgetting iteration, one line per λ (the paper's Figure 1): PNG + JSON in workdir.
 
@@ -58,7 +63,7 @@ def write_kl_curve(workdir: str, lams, kl_history, name: str = "distruction_kl",
   return png, js
 
 
-def write(workdir: str, result, name: str = "") -> dict:
+def write(workdir: str, result: UnlearnResult, name: str = "") -> dict[str, Any]:
   """Writes every known artifact of `result` (an `UnlearnResult`) into `workdir`; see the module
   docstring. `name` is the method (plot titles)."""
   art = getattr(result, "artifacts", None) or {}

@@ -13,7 +13,7 @@ has no spread to estimate, and a made-up interval would read as a measured one.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ PAIRED_COMPARISONS: tuple[tuple[str, str, str], ...] = tuple(
 STD_DDOF = 1  # the std of results.json's summary and of results.md's "mean ± std" cells
 
 
-def t_interval(values, confidence: float = 0.95) -> tuple[float, float] | None:
+def t_interval(values: Iterable[float | None], confidence: float = 0.95) -> tuple[float, float] | None:
   """The Student-t interval mean ± t.ppf((1 + confidence) / 2, n - 1) · std(ddof=1) / sqrt(n) of the
   finite `values` (equal to `scipy.stats.t.interval(confidence, n - 1, mean, sem)`); None when fewer
   than two values are finite."""
@@ -47,7 +47,7 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float] | None:
   return (mean - half, mean + half)
 
 
-def column_stats(values) -> dict:
+def column_stats(values: Iterable[float | None]) -> dict:
   """{"n", "mean", "std", "ci95"} of the finite `values` (None/NaN are left out and not counted);
   std has ddof=1; std and ci95 ([lo, hi]) are None when n < 2, mean is None when n = 0."""
   v = np.asarray([float(x) for x in values if x is not None], np.float64)
@@ -77,7 +77,7 @@ def _num(x):
     return None
 
 
-def paired_comparisons(runs: Sequence[dict], comparisons=PAIRED_COMPARISONS,
+def paired_comparisons(runs: Sequence[dict], comparisons: Sequence[tuple[str, str, str]] = PAIRED_COMPARISONS,
                        min_pairs: int = 2) -> list[dict]:
   """`compare.paired(runs, a, b, key)` for each (a, b, key) of `comparisons` with both methods in
   `runs` (records as `compare.load_runs` returns them) and at least `min_pairs` pairs. Runs whose

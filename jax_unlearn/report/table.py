@@ -42,7 +42,7 @@ def row_keys() -> tuple[str, ...]:
   return ("method", "forget_classes", "seed", *metric_keys(), "wall_s", "ain_reached")
 
 
-def table_columns(rows: list[dict] | None = None) -> tuple:
+def table_columns(rows: list[dict] | None = None) -> tuple[tuple[str, str, str], ...]:
   """(key, column title, format) of every registered metric, then the wall time. Given `rows`, a
   population metric's columns (the privacy audit's, `metrics.base.register_population`) only when a
   row has a value for them: they are opt-in and would be empty in every other table."""

@@ -82,13 +82,13 @@ def describe_error(e: BaseException) -> str:
   return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def key_data(key):
+def key_data(key: jax.Array) -> jax.Array:
   """Raw uint32 data of a typed (`jax.random.key`) or legacy (`PRNGKey`) key: what a checkpoint stores
   (orbax saves arrays, not typed keys)."""
   return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
 
 
-def wrap_key(data, like):
+def wrap_key(data: jax.Array, like: jax.Array) -> jax.Array:
   """Inverse of `key_data`: a key of the same kind (typed or legacy) as `like`."""
   return jax.random.wrap_key_data(data) if jnp.issubdtype(like.dtype, jax.dtypes.prng_key) else data
 
@@ -96,7 +96,7 @@ def wrap_key(data, like):
 class Checkpointer:
   """Keeps the latest `max_to_keep` steps of a training-state pytree in `directory`."""
 
-  def __init__(self, directory: str, max_to_keep: int = 1):
+  def __init__(self, directory: str, max_to_keep: int = 1) -> None:
     self.directory = os.path.abspath(directory)  # orbax requires absolute paths
     self._mgr = _ocp().CheckpointManager(
         self.directory, options=_ocp().CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
@@ -120,7 +120,7 @@ class Checkpointer:
           f"checkpoint {self.directory}/{step} could not be restored ({describe_error(e)}); it is "
           f"corrupted or from another config: delete that directory to start this phase again") from e
 
-  def close(self):
+  def close(self) -> None:
     self._mgr.close()
 
 

@@ -8,19 +8,21 @@ the conversion, and passes the library's own classifiers through untouched.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
+from jax_unlearn.data.dataset import Split
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.models.adapters import as_classifier
 
 __all__ = ["predict_logits", "accuracy", "padded_batches"]
 
 
-def padded_batches(images: np.ndarray, batch_size: int):
+def padded_batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
   """Yields `(chunk, valid)`: consecutive `batch_size` rows of `images`, the last one zero-padded to
   `batch_size` (so one compiled program serves every batch), and how many of its rows are real."""
   for i in range(0, len(images), batch_size):
@@ -36,8 +38,9 @@ def _logits(apply_fn, variables, images, mean, std, features=False):
   return apply_fn(variables, normalize(images, mean, std), train=False, features=features)
 
 
-def predict_logits(model: Any, variables: Any, images: Any, info: Any = None, batch_size: int = 512,
-                   features: bool = False) -> Any:
+def predict_logits(model: Any, variables: Any, images: ArrayLike, info: Any = None,
+                   batch_size: int = 512, features: bool = False
+                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
   """Logits (numpy, float32 [N, K]) of `model` in eval mode on `images`.
 
   `images` are raw [0,1] images normalised here with `info.mean`/`info.std` (a `data.DataInfo`, or
@@ -66,7 +69,8 @@ def predict_logits(model: Any, variables: Any, images: Any, info: Any = None, ba
   return logits
 
 
-def accuracy(model: Any, variables: Any, split: Any, info: Any = None, batch_size: int = 512) -> float:
+def accuracy(model: Any, variables: Any, split: Split | tuple[ArrayLike, ArrayLike], info: Any = None,
+             batch_size: int = 512) -> float:
   """Top-1 accuracy in percent on a `Split` (or an `(images, labels)` pair); NaN for an empty split.
   `info` as in `predict_logits`."""
   images, labels = (split.images, split.labels) if hasattr(split, "images") else split

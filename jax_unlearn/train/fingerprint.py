@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["array_digest", "tree_digest", "split_digest", "describe", "digest", "tagged"]
 
@@ -46,7 +47,7 @@ def _canonical(obj: Any) -> Any:
   return repr(obj)
 
 
-def array_digest(*arrays) -> str:
+def array_digest(*arrays: ArrayLike) -> str:
   """sha1 over the dtype, shape and bytes of each array (a typed PRNG key by its raw data)."""
   h = hashlib.sha1()
   for a in arrays:
@@ -58,7 +59,7 @@ def array_digest(*arrays) -> str:
   return h.hexdigest()
 
 
-def tree_digest(tree) -> str:
+def tree_digest(tree: Any) -> str:
   """sha1 over every leaf of a pytree with its path (e.g. a model's variables)."""
   h = hashlib.sha1()
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -67,7 +68,7 @@ def tree_digest(tree) -> str:
   return h.hexdigest()
 
 
-def split_digest(*splits) -> str:
+def split_digest(*splits: Any) -> str:
   """sha1 of the images and labels (and fine labels) of data `Split`s: the data a model saw."""
   parts = []
   for s in splits:
@@ -77,7 +78,7 @@ def split_digest(*splits) -> str:
   return hashlib.sha1("".join(parts).encode()).hexdigest()
 
 
-def describe(**fields) -> dict:
+def describe(**fields: Any) -> dict[str, Any]:
   """The canonical JSON-able description of an artefact's inputs (what `digest` hashes)."""
   return _canonical(fields)
 

@@ -39,7 +39,7 @@ __all__ = ["run_chunks", "all_finite", "finite_guard"]
 ChunkFn = Callable[[Any, int], tuple[Any, dict]]
 
 
-def all_finite(tree) -> bool:
+def all_finite(tree: Any) -> bool:
   """True if every floating-point leaf of `tree` is finite (integer and key leaves are skipped)."""
   for x in jax.tree.leaves(tree):
     if jnp.issubdtype(jnp.result_type(x), jnp.inexact) and not bool(jnp.all(jnp.isfinite(x))):
@@ -47,7 +47,8 @@ def all_finite(tree) -> bool:
   return True
 
 
-def finite_guard(finite_keys: tuple[str, ...] = (), check: Callable[[Any], Any] | None = None):
+def finite_guard(finite_keys: tuple[str, ...] = (), check: Callable[[Any], Any] | None = None
+                 ) -> Callable[[Any, dict], str | None]:
   """The default guard: the record's `finite_keys` (None allowed) and `check(state)` (default the whole
   state) must be finite. Returns a function `(state, record) -> problem or None`."""
   def guard(state, record):
@@ -91,7 +92,7 @@ def _check_fingerprint(directory: str, fingerprint: dict | None) -> None:
     atomic_write_json(path, fingerprint)
 
 
-def run_chunks(chunk_fn: ChunkFn, state, num_chunks: int, *, phase: str, ckpt_dir: str | None = None,
+def run_chunks(chunk_fn: ChunkFn, state: Any, num_chunks: int, *, phase: str, ckpt_dir: str | None = None,
                every: int = 1, fingerprint: dict | None = None,
                guard: Callable[[Any, dict], str | None] | None = None, fix: str = "",
                progress: Callable[[int, dict], str] | None = None,

@@ -45,16 +45,19 @@ import contextlib
 import dataclasses
 import functools
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from ml_collections import config_dict
+from numpy.typing import ArrayLike
 
 from jax_unlearn.data.augment import augment as augment_images
+from jax_unlearn.data.dataset import DataInfo, Split
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.errors import ConfigError, DataError
 from jax_unlearn.models import init_variables
@@ -146,7 +149,7 @@ def resolve_conv(conv: str, chunk: int) -> str:
   return conv
 
 
-def validate_config(cfg) -> None:
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
   """ConfigError (one line, naming the field) for an invalid `config.audit`."""
   n = cfg.num_models
   if isinstance(n, bool) or not isinstance(n, int) or n < 6 or n % 2:
@@ -175,7 +178,7 @@ def _sizes(masks: np.ndarray, batch_size: int) -> tuple[int, int]:
   return b, n_min // b
 
 
-def epoch_schedule(masks: np.ndarray, batch_size: int, seed: int, epoch: int,
+def epoch_schedule(masks: ArrayLike, batch_size: int, seed: int, epoch: int,
                    stream: int = STREAM_ORDER) -> np.ndarray:
   """Pool indices [spe, M, B] of one epoch (module docstring, "Schedule")."""
   masks = np.asarray(masks, bool)
@@ -188,12 +191,12 @@ def epoch_schedule(masks: np.ndarray, batch_size: int, seed: int, epoch: int,
   return idx
 
 
-def stack(trees):
+def stack(trees: Sequence[Any]) -> Any:
   """Stacks pytrees of one structure on a new leading (member) axis."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def take(tree, i):
+def take(tree: Any, i: int | slice) -> Any:
   """Member i (or the members of a slice) of a stacked pytree."""
   return jax.tree.map(lambda a: a[i], tree)
 
@@ -216,7 +219,8 @@ class _Apply:
     return self.model.apply(*args, **kwargs)
 
 
-def init_members(model, keys, image_shape, tx, dtype=None) -> TrainState:
+def init_members(model: nn.Module, keys: jax.Array | Sequence[jax.Array], image_shape: Sequence[int],
+                 tx: optax.GradientTransformation, dtype: Any = None) -> TrainState:
   """Stacked `TrainState`s of `model`, one per key (each initialised as `supervised` does), the
   variables cast to `dtype` when given (float64 under `jax.enable_x64`: the rounding tests)."""
   states = []
@@ -253,8 +257,9 @@ def _member_step(state, idx, key, images, labels, mean, std, augment):
 
 
 @functools.partial(jax.jit, static_argnames=("augment", "vmapped", "conv"))
-def train_steps(state, idx, keys, t0, images, labels, mean, std, *, augment: bool, vmapped: bool,
-                conv: str = "loop_safe"):
+def train_steps(state: TrainState, idx: jax.Array, keys: jax.Array, t0: int | jax.Array, images: jax.Array,
+                labels: jax.Array, mean: jax.Array, std: jax.Array, *, augment: bool, vmapped: bool,
+                conv: str = "loop_safe") -> tuple[TrainState, jax.Array]:
   """Steps t0 .. t0 + T - 1 as one `lax.scan`. vmapped: `state` stacked over G members, `idx`
   [T, G, B], `keys` [G]; else one member, `idx` [T, B], `keys` one key. Row t uses
   `fold_in(key, t0 + t)`. Returns (state, losses [T(, G)])."""
@@ -281,8 +286,10 @@ def _set_rows(tree, lo: int, sub):
                       tree, sub)
 
 
-def describe_population(*, kind: str, pool, masks, recipe, model_cfg, key, seed: int, stream: int,
-                        augment: bool) -> dict:
+def describe_population(*, kind: str, pool: Split | tuple[ArrayLike, ArrayLike], masks: ArrayLike,
+                        recipe: Mapping[str, Any] | ml_collections.ConfigDict,
+                        model_cfg: dict[str, Any] | None, key: jax.Array, seed: int,
+                        stream: int, augment: bool) -> dict:
   """What a population depends on (its checkpoint's fingerprint): the pool's content, the masks,
   the recipe, the model, the key, the shuffle seed and stream, augmentation, the format version.
   `pool`: a `Split` or (images, labels)."""
@@ -294,11 +301,13 @@ def describe_population(*, kind: str, pool, masks, recipe, model_cfg, key, seed:
                               seed=int(seed), stream=int(stream), augment=bool(augment))
 
 
-def train_population(model, pool, masks, info, recipe, key, *, seed: int = 0, stream: int = STREAM_ORDER,
-                     augment: bool | None = None, layout: str = "auto", conv: str = "auto",
-                     ckpt_dir: str | None = None, fingerprint_desc: dict | None = None, every: int = 1,
-                     phase: str = "population", fix: str = "lower the learning rate and run again",
-                     shard: bool = False, dtype=None, log: Callable[[str], None] = print) -> Population:
+def train_population(model: nn.Module, pool: Split | tuple[ArrayLike, ArrayLike], masks: ArrayLike,
+                     info: DataInfo, recipe: Mapping[str, Any] | ml_collections.ConfigDict, key: jax.Array,
+                     *, seed: int = 0, stream: int = STREAM_ORDER, augment: bool | None = None,
+                     layout: str = "auto", conv: str = "auto", ckpt_dir: str | None = None,
+                     fingerprint_desc: dict | None = None, every: int = 1, phase: str = "population",
+                     fix: str = "lower the learning rate and run again", shard: bool = False,
+                     dtype: Any = None, log: Callable[[str], None] = print) -> Population:
   """Trains one member per row of `masks` ([M, N] bool over `pool`, a `Split` or (images, labels));
   see the module docstring. `recipe`: epochs, lr, momentum, weight_decay, milestones, gamma,
   batch_size (`supervised.recipe`). `ckpt_dir`/`fingerprint_desc`/`every`: the loop's checkpoint
@@ -384,8 +393,8 @@ def _logits(apply_fn, variables, x, mean, std, vmapped: bool, conv: str):
     return jax.vmap(f)(variables) if vmapped else f(variables)
 
 
-def stacked_logits(model, variables, images, info, *, batch_size: int = 512, layout: str = "auto",
-                   conv: str = "auto") -> np.ndarray:
+def stacked_logits(model: nn.Module, variables: Any, images: ArrayLike, info: DataInfo, *,
+                   batch_size: int = 512, layout: str = "auto", conv: str = "auto") -> np.ndarray:
   """Eval-mode logits [M, N, K] (float32) of M stacked members on raw [0, 1] images; members in
   vmapped groups as `layout` says, batches padded to `batch_size` (one program for every call)."""
   images = np.asarray(images, np.float32)
@@ -407,7 +416,8 @@ def stacked_logits(model, variables, images, info, *, batch_size: int = 512, lay
   return np.concatenate(rows, axis=0)
 
 
-def step_flops(model, info, batch_size: int, recipe=None) -> float:
+def step_flops(model: nn.Module, info: DataInfo, batch_size: int,
+               recipe: Mapping[str, Any] | ml_collections.ConfigDict | None = None) -> float:
   """FLOPs of one member's training step (XLA's cost analysis of the compiled `sgd_step`)."""
   tx = make_optimizer(ml_collections.ConfigDict(dict(recipe or dict(
       lr=0.1, momentum=0.9, weight_decay=0.0, milestones=(), gamma=0.1))), 1)

@@ -13,6 +13,7 @@ runs its own members.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import numpy as np
@@ -29,15 +30,16 @@ def data_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
 
 
-def batch_sharding(mesh=None) -> NamedSharding:
+def batch_sharding(mesh: jax.sharding.Mesh | None = None) -> NamedSharding:
   return NamedSharding(mesh or data_mesh(), P("data"))
 
 
-def replicated(mesh=None) -> NamedSharding:
+def replicated(mesh: jax.sharding.Mesh | None = None) -> NamedSharding:
   return NamedSharding(mesh or data_mesh(), P())
 
 
-def check_batch_size(batch_size: int, mesh=None, field: str = "--config.batch_size"):
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh | None = None,
+                     field: str = "--config.batch_size") -> None:
   n = (mesh or data_mesh()).devices.size
   if batch_size <= 0:
     raise ConfigError(f"batch size must be positive, got {batch_size}; set {field} to e.g. 64")
@@ -46,13 +48,13 @@ def check_batch_size(batch_size: int, mesh=None, field: str = "--config.batch_si
                       f"multiple of {n}")
 
 
-def shard_batch(batch: dict, mesh=None) -> dict:
+def shard_batch(batch: dict[str, Any], mesh: jax.sharding.Mesh | None = None) -> dict[str, jax.Array]:
   """Places a host batch (numpy arrays, leading batch axis) on the devices, split along 'data'."""
   sh = batch_sharding(mesh)
   return {k: jax.device_put(np.asarray(v), sh) for k, v in batch.items()}
 
 
-def replicate(tree, mesh=None):
+def replicate(tree: Any, mesh: jax.sharding.Mesh | None = None) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
@@ -63,7 +65,7 @@ def runs_mesh(num_runs: int) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.asarray(devices[:n]), ("runs",), axis_types=(AxisType.Auto,))
 
 
-def shard_runs(tree, mesh: jax.sharding.Mesh | None = None):
+def shard_runs(tree: Any, mesh: jax.sharding.Mesh | None = None) -> Any:
   """Places a stacked pytree (runs on the leading axis of every leaf) with that axis split over `mesh`
   (default `runs_mesh(R)`)."""
   if mesh is None:

@@ -31,7 +31,7 @@ class TrainState(train_state.TrainState):
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def cross_entropy(logits, labels):
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Batch-mean softmax cross-entropy on integer labels."""
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
@@ -42,7 +42,7 @@ def cross_entropy(logits, labels):
 class CrossEntropy:
   """Per-example softmax cross-entropy on integer labels (`F.cross_entropy` before its batch mean)."""
 
-  def __call__(self, logits, targets):
+  def __call__(self, logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
@@ -57,13 +57,14 @@ class SoftTargetKL:
   temperature: float = 1.0
   reduction: str = "mean"
 
-  def __call__(self, logits, targets):
+  def __call__(self, logits: jax.Array, targets: jax.Array) -> jax.Array:
     kl = optax.losses.kl_divergence(jax.nn.log_softmax(logits / self.temperature, -1), targets)
     return kl / logits.shape[-1] if self.reduction == "mean" else kl
 
 
-def loss_and_grads(apply_fn: Callable, params, batch_stats, x, targets, *,
-                   loss_fn: Callable = CrossEntropy(), weight=None):
+def loss_and_grads(apply_fn: Callable, params: Any, batch_stats: Any, x: jax.Array, targets: jax.Array, *,
+                   loss_fn: Callable = CrossEntropy(), weight: jax.Array | None = None
+                   ) -> tuple[tuple[jax.Array, tuple[jax.Array, Any]], Any]:
   """`((loss, (logits, new batch_stats)), grads)` of the per-example `loss_fn` averaged over the batch
   (over rows with `weight` > 0, weighted, when given; those rows alone enter the BN statistics)."""
   def objective(p):
@@ -80,14 +81,16 @@ def loss_and_grads(apply_fn: Callable, params, batch_stats, x, targets, *,
   return jax.value_and_grad(objective, has_aux=True)(params)
 
 
-def sgd_step(state: TrainState, x, targets, *, loss_fn: Callable = CrossEntropy(), weight=None):
+def sgd_step(state: TrainState, x: jax.Array, targets: jax.Array, *, loss_fn: Callable = CrossEntropy(),
+             weight: jax.Array | None = None) -> tuple[TrainState, jax.Array, jax.Array]:
   """One optimiser step of `state.tx` on `loss_and_grads`; returns (state, loss, logits)."""
   (loss, (logits, batch_stats)), grads = loss_and_grads(state.apply_fn, state.params, state.batch_stats,
                                                         x, targets, loss_fn=loss_fn, weight=weight)
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss, logits
 
 
-def scan_member_steps(one: Callable, state: Any, idx: jax.Array, keys: jax.Array, t0, vmapped: bool):
+def scan_member_steps(one: Callable, state: Any, idx: jax.Array, keys: jax.Array, t0: int | jax.Array,
+                      vmapped: bool) -> tuple[Any, jax.Array]:
   """`lax.scan` of `one(state, idx_t, key_t) -> (state, loss)` over the rows of `idx`: row t is global
   step t0 + t and uses `fold_in(key, t0 + t)`, so a schedule run in pieces equals one scan over it.
   vmapped: `state` is stacked over members, `idx` [T, G, B] and `keys` [G] (one key per member);

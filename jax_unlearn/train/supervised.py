@@ -19,12 +19,14 @@ import time
 from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
 from jax_unlearn.data.augment import augment as augment_images
+from jax_unlearn.data.dataset import DataInfo, Split
 from jax_unlearn.data.normalize import normalize
 from jax_unlearn.data.pipeline import batches, num_batches
 from jax_unlearn.models import init_variables
@@ -43,7 +45,8 @@ FORMAT_VERSION = 2
 RECIPE_FIELDS = ("epochs", "lr", "momentum", "weight_decay", "milestones", "gamma", "batch_size")
 
 
-def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(train_cfg: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
   """SGD with momentum, PyTorch-style weight decay (added to the gradient before momentum) and a
   MultiStep schedule (lr * gamma at each milestone epoch)."""
   boundaries = {int(m) * steps_per_epoch: float(train_cfg.gamma) for m in train_cfg.milestones}
@@ -66,7 +69,8 @@ def default_recipe() -> ml_collections.ConfigDict:
   return recipe(default_train_config(), DEFAULT_BATCH_SIZE)
 
 
-def recipe(train_cfg, batch_size: int | None = None) -> ml_collections.ConfigDict:
+def recipe(train_cfg: ml_collections.ConfigDict | dict[str, Any],
+           batch_size: int | None = None) -> ml_collections.ConfigDict:
   """The training recipe `fit` reads (`config.train` plus the supervised batch size)."""
   d = {k: train_cfg[k] for k in RECIPE_FIELDS if k in train_cfg}
   if batch_size is not None:
@@ -75,7 +79,8 @@ def recipe(train_cfg, batch_size: int | None = None) -> ml_collections.ConfigDic
   return ml_collections.ConfigDict(d)
 
 
-def create_train_state(model, key, image_shape, tx) -> TrainState:
+def create_train_state(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...],
+                       tx: optax.GradientTransformation) -> TrainState:
   """A flax `TrainState` (with `batch_stats`) for `model` initialised from `key` on `image_shape`."""
   variables = init_variables(model, key, (1,) + tuple(image_shape))
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
@@ -83,7 +88,8 @@ def create_train_state(model, key, image_shape, tx) -> TrainState:
 
 
 @functools.partial(jax.jit, static_argnames=("augment",), donate_argnums=(0,))
-def train_step(state: TrainState, batch: dict, key, mean, std, augment: bool = False):
+def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, mean: jax.Array,
+               std: jax.Array, augment: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on cross-entropy. `batch['image']` is raw [0,1]; augmentation and normalisation
   run on device. Returns the new state and {'loss', 'accuracy'} (accuracy as a fraction)."""
   images = batch["image"]
@@ -105,9 +111,9 @@ def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
-def fit(model, train, val, info, train_cfg, key, ckpt_dir: str | None,
-        log: Callable[[str], None] = print, name: str = "train", seed: int = 0,
-        fingerprint_desc: dict | None = None):
+def fit(model: nn.Module, train: Split, val: Split, info: DataInfo, train_cfg: ml_collections.ConfigDict,
+        key: jax.Array, ckpt_dir: str | None, log: Callable[[str], None] = print, name: str = "train",
+        seed: int = 0, fingerprint_desc: dict | None = None) -> tuple[Any, dict[str, Any]]:
   """Trains `model` from a fresh initialisation drawn from `key`; returns (best variables, history).
 
   Resumes from the newest checkpoint in `ckpt_dir` if there is one; the run continues exactly as an
@@ -151,7 +157,8 @@ def fit(model, train, val, info, train_cfg, key, ckpt_dir: str | None,
   return jax.device_get(fs.best), {"history": history, "best_val_acc": float(fs.best_acc)}
 
 
-def describe_fit(model_cfg, train, val, train_cfg, key, kind: str) -> dict:
+def describe_fit(model_cfg: dict[str, Any] | None, train: Split, val: Split,
+                 train_cfg: ml_collections.ConfigDict | dict[str, Any], key: jax.Array, kind: str) -> dict:
   """What a model trained by `fit` depends on: the data by content, the recipe, the model config,
   the init/step key and the format version."""
   return fingerprint.describe(kind=kind, version=FORMAT_VERSION, data=fingerprint.split_digest(train, val),
@@ -159,8 +166,9 @@ def describe_fit(model_cfg, train, val, train_cfg, key, kind: str) -> dict:
                               key=fingerprint.array_digest(key))
 
 
-def fit_or_load(model, model_cfg, train, val, info, train_cfg, key, parent: str, tag: str, *,
-                name: str, seed: int = 0, log: Callable[[str], None] = print) -> tuple[Any, dict]:
+def fit_or_load(model: nn.Module, model_cfg: dict[str, Any] | None, train: Split, val: Split, info: DataInfo,
+                train_cfg: ml_collections.ConfigDict, key: jax.Array, parent: str, tag: str, *, name: str,
+                seed: int = 0, log: Callable[[str], None] = print) -> tuple[Any, dict]:
   """Trains `model` on (train, val) into `parent/<tag>-<fingerprint>/`, or loads it from there.
 
   Returns (variables, info) with info = {'history', 'best_val_acc', 'train_s', 'directory',
