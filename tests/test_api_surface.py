@@ -179,9 +179,9 @@ def _public_modules() -> list[types.ModuleType]:
 # The packages that re-export their public names (train and report are imported by submodule).
 PACKAGES = ("jax_unlearn", "jax_unlearn.api", "jax_unlearn.data", "jax_unlearn.methods",
             "jax_unlearn.metrics", "jax_unlearn.models", "jax_unlearn.optim")
-# The modules README documents for use from other JAX code: their public functions are fully hinted.
+# Every library layer: its public functions are fully hinted (bench, which needs torch, aside).
 HINTED = ("jax_unlearn.api", "jax_unlearn.methods", "jax_unlearn.metrics", "jax_unlearn.optim",
-          "jax_unlearn.models.adapters")
+          "jax_unlearn.models", "jax_unlearn.data", "jax_unlearn.train", "jax_unlearn.report")
 
 
 def _function(obj):

@@ -172,8 +172,8 @@ def _tiny_table_config(names):
   c.model.width = 0.125
   c.forget.num_samples = 10
   c.train.update(epochs=2, milestones=())
-  c.methods = "original,retrain"
-  c.metrics.names = names
+  c.methods = ("original", "retrain")
+  c.metrics.names = tuple(names.split(","))
   return c
 
 
@@ -186,7 +186,8 @@ def test_population_metrics_are_table_columns_from_each_methods_audit(tmp_path):
   rows = {r["method"]: r for r in out["rows"]}
   for method in ("original", "retrain"):
     a = _audit_json(tmp_path, method)
-    for k in ("ulira_auc", "ulira_tpr_at_1pct_fpr", "ulira_acc", "forget_quality", "final_score"):
+    for k in ("ulira_auc", "ulira_acc", "ulira_tpr_at_1pct_fpr", "ulira_tpr_at_01pct_fpr", "forget_quality",
+              "final_score"):
       assert rows[method][k] == a[k] and np.isfinite(a[k]), (method, k)
     assert a["num_models"] == 6
   assert not os.path.exists(tmp_path / "metrics.json")  # the audits' launcher summary is not written

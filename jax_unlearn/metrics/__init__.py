@@ -52,7 +52,9 @@ from jax_unlearn.metrics.base import (  # noqa: F401
   default_config,
   default_names,
   names,
+  population_names,
   register,
+  register_population,
   resolve_config,
   result_keys,
   spec,
@@ -60,7 +62,8 @@ from jax_unlearn.metrics.base import (  # noqa: F401
 )
 
 __all__ = ["Evaluator", "MetricSpec", "MetricSuite", "Outputs", "columns", "default_config",
-           "default_names", "names", "register", "resolve_config", "result_keys", "spec", "specs",
+           "default_names", "names", "population_names", "register", "register_population",
+           "resolve_config", "result_keys", "spec", "specs",
            "evaluate_all", "RESULT_KEYS", "METRIC_NAMES"]
 
 

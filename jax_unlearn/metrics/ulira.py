@@ -255,6 +255,7 @@ make_callable(__name__)
 
 # A table column through `launch.audit` (`--config.metrics.names=acc,...,ulira`, random forgetting).
 register_population("ulira", columns=(("ulira_auc", "U-LiRA AUC", "{:.3f}"),
-                                      ("ulira_tpr_at_1pct_fpr", "U-LiRA TPR@1%FPR", "{:.4f}")),
-                    extra_keys=("ulira_acc", "ulira_tpr_at_01pct_fpr"), order=80)
+                                      ("ulira_acc", "U-LiRA acc", "{:.3f}"),
+                                      ("ulira_tpr_at_1pct_fpr", "U-LiRA TPR@1%FPR", "{:.4f}"),
+                                      ("ulira_tpr_at_01pct_fpr", "U-LiRA TPR@0.1%FPR", "{:.4f}")), order=80)
 
