@@ -10,7 +10,7 @@ def tiny(monkeypatch):
   # Tiny LFSSD pass, batches and matmul so the smoke tests stay fast; the real sizes are the launcher's.
   monkeypatch.setitem(harness.SIZES, "digits", dict(harness.SIZES["digits"], lfssd_images=128,
                                                     ispf_batch=32, ngf=8, train_batch=32))
-  monkeypatch.setattr(harness, "matmul_peak", lambda: 100.0)
+  monkeypatch.setattr(harness, "matmul_peak", lambda n=2048, reps=3: 100.0)
 
 
 def test_interleaved_timing_round_robin():

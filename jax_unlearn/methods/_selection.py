@@ -19,8 +19,25 @@ A candidate with a NaN measurement (a diverged run) is never chosen over a finit
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["selection_key", "closest_score"]
+import numpy as np
+
+from jax_unlearn.errors import ConfigError
+
+__all__ = ["selection_key", "closest_score", "positive_grid"]
+
+
+def positive_grid(alphas: Any, who: str) -> list[float]:
+  """SSD/LFSSD's alpha candidates (one number or a sequence) as a non-empty list of finite floats > 0,
+  else a ConfigError naming `who` (checked before any importance is computed)."""
+  try:
+    alphas = [float(a) for a in np.atleast_1d(np.asarray(alphas, dtype=np.float64))]
+  except (TypeError, ValueError):
+    raise ConfigError(f"{who} needs numbers for alpha, got {alphas!r}") from None
+  if not alphas or min(alphas) <= 0 or not all(np.isfinite(alphas)):
+    raise ConfigError(f"{who} needs positive alphas, got {alphas}; e.g. --config.ssd.alpha_grid=1,5,10")
+  return alphas
 
 
 def closest_score(acc_forget: float, acc_retain: float, target: float, retain_ref: float) -> float:

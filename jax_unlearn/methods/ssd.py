@@ -54,7 +54,7 @@ from jax_unlearn.methods._importance_io import (
   concat_batches,
   full_importance_cache_path,
 )
-from jax_unlearn.methods._selection import closest_score, selection_key
+from jax_unlearn.methods._selection import closest_score, positive_grid, selection_key
 from jax_unlearn.models.adapters import as_classifier
 from jax_unlearn.train.evaluate import accuracy
 
@@ -502,23 +502,12 @@ def unlearn(model: Any, variables: Any, full: Any, forget: Any, config: Any = No
 IMPORTANCES: dict[str, tuple[Callable, bool]] = {"ssd": (ssd_importance, True)}
 
 
-def _positive_alphas(alphas: Any, who: str) -> list[float]:
-  """`alphas` (one number or a sequence) as a non-empty list of floats > 0, else a ConfigError."""
-  try:
-    alphas = [float(a) for a in np.atleast_1d(np.asarray(alphas, dtype=np.float64))]
-  except (TypeError, ValueError):
-    raise ConfigError(f"{who} needs numbers for alpha, got {alphas!r}") from None
-  if not alphas or min(alphas) <= 0 or not all(np.isfinite(alphas)):
-    raise ConfigError(f"{who} needs positive alphas, got {alphas}; e.g. --config.ssd.alpha_grid=1,5,10")
-  return alphas
-
-
 def sweep_alpha(ctx: base.UnlearnContext, method: str, imp_full: Any, imp_forget: Any,
                 alphas: Sequence[float], lam: float, *,
                 target_forget_acc: float | None = None, criterion: str | None = None) -> dict:
   """`select_alpha`'s sweep on importances already computed: dampen at each alpha, measure the
   validation accuracies, choose by `criterion` (see `select_alpha`). Never reads the test split."""
-  alphas = _positive_alphas(alphas, "the alpha sweep")
+  alphas = positive_grid(alphas, "the alpha sweep")
   data, info = ctx.data, ctx.data.info
   forget_split, forget_name = data.forget_val, "forget_val"
   if len(forget_split) == 0:
@@ -586,7 +575,7 @@ def select_alpha(ctx: base.UnlearnContext, alphas: Sequence[float], method: str 
     uses_labels = default_labels if uses_labels is None else uses_labels
   elif uses_labels is None:
     raise ConfigError("select_alpha: pass uses_labels together with a custom importance_fn")
-  alphas = _positive_alphas(alphas, "select_alpha")
+  alphas = positive_grid(alphas, "select_alpha")
   cfg = ctx.cfg
   lam = float(cfg.lam if lam is None else lam)
   imp_full, imp_forget, imp_info = compute_importances(ctx, method, importance_fn, uses_labels, cfg)
