@@ -77,15 +77,20 @@ def _missing_columns(row: dict) -> list[str]:
   return [k for k in table.metric_keys() if k not in row]
 
 
+def _with_method(config, method: str):
+  """A copy of `config` with `config.method = method` (the audit runs one method)."""
+  c = config.copy_and_resolve_references()
+  c.method = method
+  return c
+
+
 def _population_columns(config, workdir: str, method: str, names: tuple[str, ...], log) -> dict:
   """The columns of the population metrics `names` (`metrics.base.register_population`) for `method`,
   from its per-example audit (`jax_unlearn.audit.run`: trains or reuses the populations in W/audit/,
   resumable; writes W/runs/<forget tag>_seed<s>/<method>/audit.json). {} when `names` is empty."""
   if not names:
     return {}
-  c = config.copy_and_resolve_references()
-  c.method = method
-  result = audit.run(c, workdir, log, summary=False)
+  result = audit.run(_with_method(config, method), workdir, log, summary=False)
   return {k: result.get(k) for n in names for k in metrics.spec(n).keys}
 
 
@@ -123,9 +128,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   config_lib.validate(config, workdir, tuple(dict.fromkeys(methods + ("retrain",))), with_metrics=True)
   if metrics.population_names(metrics.resolve_config(config)[0].names):
     for method in methods:  # the audit's own checks (config.audit), before any training
-      c = config.copy_and_resolve_references()
-      c.method = method
-      audit.validate(c, workdir)
+      audit.validate(_with_method(config, method), workdir)
   workdir = os.path.abspath(workdir)
   order = {n: i for i, n in enumerate(methods_lib.names())}
   rows = []
